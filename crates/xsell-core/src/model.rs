@@ -1,0 +1,556 @@
+//! The served cross-sell model and its ranking.
+//!
+//! [`ModelParts`] is the plain data a bundle stores; [`CrossSellModel`] validates it once and adds
+//! the lookup tables ranking needs. Ranking scores *every* catalog item for a query with the
+//! same feature code the trainer fits the ranker on ([`CrossSellModel::features`]), so training,
+//! `xsell eval` and the gRPC server cannot drift apart.
+
+use std::collections::HashMap;
+
+use ndarray::{Array1, Array2, ArrayView1, Axis};
+use serde::{Deserialize, Serialize};
+
+use crate::{Csr, CustomerIx, Error, ItemIx, Result};
+
+/// Names of the ranker's features, in column order of [`CrossSellModel::features`].
+pub const FEATURES: [&str; 9] = [
+    "cooc_max",     // max over basket items i of P(j | i)
+    "cooc_mean",    // mean over basket items of P(j | i)
+    "jaccard_max",  // max over basket items of |i ∧ j| / |i ∨ j|
+    "emb_comp",     // mean over basket items of input(i) · output(j): "bought with"
+    "emb_cos",      // max cosine(input(i), input(j)): "used in the same contexts"
+    "popularity",   // log(1 + orders with j) / log(1 + orders)
+    "hist_log",     // log(1 + orders of this customer with j)
+    "hist_share",   // share of this customer's orders with j
+    "item_returns", // share of j's sold lines that came back
+];
+/// Number of ranker features.
+pub const N_FEATURES: usize = FEATURES.len();
+
+/// Feature groups, for ablations: a group's features are zeroed together.
+pub const FEATURE_GROUPS: [(&str, &[usize]); 5] = [
+    ("co-occurrence", &[0, 1, 2]),
+    ("embeddings", &[3, 4]),
+    ("popularity", &[5]),
+    ("customer history", &[6, 7]),
+    ("returns", &[8]),
+];
+
+/// Item attributes of a model, indexed by [`ItemIx`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ItemTable {
+    /// External ids.
+    pub ids: Vec<String>,
+    /// Names.
+    pub names: Vec<Option<String>>,
+    /// Categories.
+    pub categories: Vec<Option<String>>,
+    /// Mean unit price (`NaN` = unknown).
+    pub prices: Vec<f32>,
+    /// Training orders containing the item.
+    pub orders: Vec<f32>,
+    /// Share of sold lines returned.
+    pub return_rate: Vec<f32>,
+}
+
+/// Customer attributes of a model, indexed by [`CustomerIx`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CustomerTable {
+    /// External ids.
+    pub ids: Vec<String>,
+    /// Training orders.
+    pub orders: Vec<f32>,
+    /// Share of purchase lines returned.
+    pub return_rate: Vec<f32>,
+}
+
+/// The learned ranker: a linear model over standardized features, then Platt calibration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ranker {
+    /// Feature means subtracted before scoring.
+    pub mean: Vec<f32>,
+    /// Feature scales divided by before scoring.
+    pub scale: Vec<f32>,
+    /// Weights over standardized features.
+    pub weights: Vec<f32>,
+    /// Intercept.
+    pub bias: f32,
+    /// Calibration slope: probability = sigmoid(calib_a × score + calib_b).
+    pub calib_a: f32,
+    /// Calibration intercept.
+    pub calib_b: f32,
+}
+
+impl Ranker {
+    /// A ranker that scores by one feature (used before a ranker is fitted, and for ablations).
+    pub fn single(feature: usize) -> Self {
+        let mut weights = vec![0.0; N_FEATURES];
+        weights[feature] = 1.0;
+        Ranker { mean: vec![0.0; N_FEATURES], scale: vec![1.0; N_FEATURES], weights, bias: 0.0, calib_a: 1.0, calib_b: 0.0 }
+    }
+
+    /// Scores of each row of a feature matrix.
+    pub fn scores(&self, x: &Array2<f32>) -> Array1<f32> {
+        let w: Array1<f32> = self.weights.iter().zip(&self.scale).map(|(w, s)| w / s).collect();
+        let offset: f32 = self.bias - self.mean.iter().zip(w.iter()).map(|(m, w)| m * w).sum::<f32>();
+        x.dot(&w) + offset
+    }
+
+    /// Calibrated probability of a score.
+    pub fn probability(&self, score: f32) -> f32 {
+        sigmoid(self.calib_a * score + self.calib_b)
+    }
+}
+
+/// Logistic function.
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Ranking policy of a model: the business rules applied after scoring.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Offers are suppressed for customers whose return rate reaches this share ...
+    pub return_suppress_rate: f32,
+    /// ... once they have at least this many purchase lines.
+    pub return_suppress_min_lines: f32,
+    /// Items sold at least this many times in training can be judged substitutes.
+    pub substitute_min_expected: f32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { return_suppress_rate: 0.5, return_suppress_min_lines: 10.0, substitute_min_expected: 1.0 }
+    }
+}
+
+/// Everything a model bundle stores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelParts {
+    /// Items.
+    pub items: ItemTable,
+    /// Customers.
+    pub customers: CustomerTable,
+    /// Purchase lines per customer (for return rates).
+    pub customer_lines: Vec<f32>,
+    /// `pairs[i, j]`: training orders with both items.
+    pub pairs: Csr,
+    /// `history[c, i]`: training orders of customer `c` with item `i`.
+    pub history: Csr,
+    /// Input ("context") item embeddings, items × dim.
+    pub emb_in: Array2<f32>,
+    /// Output ("target") item embeddings, items × dim.
+    pub emb_out: Array2<f32>,
+    /// Training orders.
+    pub n_orders: f32,
+    /// The ranker.
+    pub ranker: Ranker,
+    /// The policy.
+    pub policy: Policy,
+}
+
+/// Where the offer is shown; changes what is sensible to offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Touchpoint {
+    /// Not said: no touchpoint rule.
+    #[default]
+    Unspecified,
+    /// Product detail page.
+    ProductPage,
+    /// Cart page.
+    Cart,
+    /// Checkout: few, cheap, instantly addable offers.
+    Checkout,
+    /// After the purchase (confirmation, e-mail, portal).
+    PostPurchase,
+}
+
+/// Request limits, checked by [`RankQuery::validate`].
+pub mod limits {
+    /// Largest `k`.
+    pub const MAX_K: usize = 1000;
+    /// Most basket items.
+    pub const MAX_BASKET: usize = 512;
+    /// Most ids in the exclude, allow and category lists.
+    pub const MAX_LIST: usize = 10_000;
+    /// Longest id.
+    pub const MAX_ID_LEN: usize = 256;
+}
+
+/// One ranking request, in external ids.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RankQuery {
+    /// Customer, if known to the caller.
+    pub customer_id: Option<String>,
+    /// Items in the current basket.
+    pub basket: Vec<String>,
+    /// How many offers at most.
+    pub k: usize,
+    /// Where the offers appear.
+    pub touchpoint: Touchpoint,
+    /// Items never to offer.
+    pub exclude: Vec<String>,
+    /// When non-empty, only these items may be offered.
+    pub allow: Vec<String>,
+    /// When non-empty, only items of these categories may be offered.
+    pub categories: Vec<String>,
+    /// Offers below this calibrated probability are dropped (so the answer can be empty).
+    pub min_probability: f32,
+    /// At most this many offers per category (0 = no cap).
+    pub max_per_category: usize,
+    /// Keep substitutes of basket items (same category, bought together less than chance).
+    pub allow_substitutes: bool,
+}
+
+impl RankQuery {
+    /// Checks the request against [`limits`].
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what, reason: String| Err(Error::Invalid { what, reason });
+        if self.k == 0 || self.k > limits::MAX_K {
+            return bad("k", format!("must be between 1 and {}, got {}", limits::MAX_K, self.k));
+        }
+        if self.basket.len() > limits::MAX_BASKET {
+            return bad("basket", format!("has {} items, at most {} are accepted", self.basket.len(), limits::MAX_BASKET));
+        }
+        if let Some(c) = &self.customer_id {
+            check_id("customer_id", c)?;
+        }
+        for (what, list) in [("basket", &self.basket), ("exclude", &self.exclude), ("candidates", &self.allow), ("categories", &self.categories)] {
+            if list.len() > limits::MAX_LIST {
+                return bad(what, format!("has {} entries, at most {} are accepted", list.len(), limits::MAX_LIST));
+            }
+            for id in list {
+                check_id(what, id)?;
+            }
+        }
+        if !(0.0..=1.0).contains(&self.min_probability) {
+            return bad("min_probability", format!("must be within [0, 1], got {}", self.min_probability));
+        }
+        Ok(())
+    }
+}
+
+fn check_id(what: &'static str, id: &str) -> Result<()> {
+    if id.trim().is_empty() {
+        return Err(Error::Invalid { what, reason: "an id is empty".into() });
+    }
+    if id.len() > limits::MAX_ID_LEN {
+        return Err(Error::Invalid { what, reason: format!("an id is {} bytes long, at most {} are accepted", id.len(), limits::MAX_ID_LEN) });
+    }
+    Ok(())
+}
+
+/// Why an item is offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Often bought together with this basket item.
+    BoughtWith(ItemIx),
+    /// Complements this basket item (learned embeddings).
+    Complements(ItemIx),
+    /// The customer bought it before.
+    BoughtBefore,
+    /// Popular overall (cold start).
+    Popular,
+}
+
+/// One offer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankedItem {
+    /// The item.
+    pub item: ItemIx,
+    /// Ranker score (higher is better).
+    pub score: f32,
+    /// Calibrated probability that the customer adds the item to this basket.
+    pub probability: f32,
+    /// Why it is offered.
+    pub reason: Reason,
+}
+
+/// The answer to a [`RankQuery`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Ranking {
+    /// Offers, best first.
+    pub items: Vec<RankedItem>,
+    /// The customer id was given and is known to the model.
+    pub customer_known: bool,
+    /// Basket items the model has never seen.
+    pub unknown_items: Vec<String>,
+    /// Set when every offer was withheld on purpose, with the reason.
+    pub suppressed: Option<String>,
+}
+
+/// A validated model, ready to rank.
+#[derive(Debug, Clone)]
+pub struct CrossSellModel {
+    parts: ModelParts,
+    item_index: HashMap<String, ItemIx>,
+    customer_index: HashMap<String, CustomerIx>,
+    category_of: Vec<Option<u32>>,
+    category_index: HashMap<String, u32>,
+    emb_in_unit: Array2<f32>,
+}
+
+impl CrossSellModel {
+    /// Validates the parts and builds the lookup tables.
+    pub fn new(parts: ModelParts) -> Result<Self> {
+        let n = parts.items.ids.len();
+        let nc = parts.customers.ids.len();
+        let inc = |m: String| Err(Error::Inconsistent(m));
+        if n == 0 {
+            return inc("the model has no item".into());
+        }
+        let it = &parts.items;
+        if [it.names.len(), it.categories.len(), it.prices.len(), it.orders.len(), it.return_rate.len()].iter().any(|&l| l != n) {
+            return inc("item table columns differ in length".into());
+        }
+        let ct = &parts.customers;
+        if ct.orders.len() != nc || ct.return_rate.len() != nc || parts.customer_lines.len() != nc {
+            return inc("customer table columns differ in length".into());
+        }
+        parts.pairs.validate(n, n).map_err(|e| Error::Inconsistent(format!("pairs: {e}")))?;
+        parts.history.validate(nc, n).map_err(|e| Error::Inconsistent(format!("history: {e}")))?;
+        if parts.emb_in.nrows() != n || parts.emb_out.dim() != parts.emb_in.dim() {
+            return inc(format!("embeddings have shape {:?}/{:?}, expected {n} rows", parts.emb_in.dim(), parts.emb_out.dim()));
+        }
+        if parts.emb_in.iter().chain(parts.emb_out.iter()).any(|v| !v.is_finite()) {
+            return inc("an embedding value is not finite".into());
+        }
+        let r = &parts.ranker;
+        if r.mean.len() != N_FEATURES || r.scale.len() != N_FEATURES || r.weights.len() != N_FEATURES {
+            return inc(format!("the ranker must have {N_FEATURES} features"));
+        }
+        if r.scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) || !(r.bias.is_finite() && r.calib_a.is_finite() && r.calib_b.is_finite()) {
+            return inc("the ranker has a non-finite or non-positive parameter".into());
+        }
+        let mut item_index = HashMap::with_capacity(n);
+        for (i, id) in it.ids.iter().enumerate() {
+            if item_index.insert(id.clone(), i as ItemIx).is_some() {
+                return inc(format!("item id {id:?} appears twice"));
+            }
+        }
+        let customer_index: HashMap<String, CustomerIx> = ct.ids.iter().enumerate().map(|(c, id)| (id.clone(), c as CustomerIx)).collect();
+        let mut category_index = HashMap::new();
+        let category_of = it
+            .categories
+            .iter()
+            .map(|c| {
+                c.as_ref().map(|c| {
+                    let next = category_index.len() as u32;
+                    *category_index.entry(c.clone()).or_insert(next)
+                })
+            })
+            .collect();
+        let mut emb_in_unit = parts.emb_in.clone();
+        for mut row in emb_in_unit.axis_iter_mut(Axis(0)) {
+            let norm = row.dot(&row).sqrt().max(1e-12);
+            row.mapv_inplace(|v| v / norm);
+        }
+        Ok(CrossSellModel { parts, item_index, customer_index, category_of, category_index, emb_in_unit })
+    }
+
+    /// The stored parts.
+    pub fn parts(&self) -> &ModelParts {
+        &self.parts
+    }
+
+    /// Number of catalog items.
+    pub fn n_items(&self) -> usize {
+        self.parts.items.ids.len()
+    }
+
+    /// Index of an external item id.
+    pub fn item(&self, id: &str) -> Option<ItemIx> {
+        self.item_index.get(id).copied()
+    }
+
+    /// Index of an external customer id.
+    pub fn customer(&self, id: &str) -> Option<CustomerIx> {
+        self.customer_index.get(id).copied()
+    }
+
+    /// Raw (unstandardized) features of every catalog item for a customer and basket:
+    /// an items × [`N_FEATURES`] matrix, columns as named in [`FEATURES`].
+    pub fn features(&self, customer: Option<CustomerIx>, basket: &[ItemIx]) -> Array2<f32> {
+        let p = &self.parts;
+        let n = self.n_items();
+        let mut x = Array2::<f32>::zeros((n, N_FEATURES));
+        let log_n = (1.0 + p.n_orders).ln().max(1e-6);
+        for j in 0..n {
+            x[[j, 5]] = (1.0 + p.items.orders[j]).ln() / log_n;
+            x[[j, 8]] = p.items.return_rate[j];
+        }
+        if !basket.is_empty() {
+            let inv_b = 1.0 / basket.len() as f32;
+            for &i in basket {
+                let ci = p.items.orders[i as usize].max(1.0);
+                let (cols, vals) = p.pairs.row(i as usize);
+                for (&j, &cij) in cols.iter().zip(vals) {
+                    let j = j as usize;
+                    let cond = cij / ci;
+                    let jac = cij / (ci + p.items.orders[j] - cij).max(1.0);
+                    x[[j, 0]] = x[[j, 0]].max(cond);
+                    x[[j, 1]] += cond * inv_b;
+                    x[[j, 2]] = x[[j, 2]].max(jac);
+                }
+            }
+            let rows: Vec<usize> = basket.iter().map(|&i| i as usize).collect();
+            let mean_in = p.emb_in.select(Axis(0), &rows).mean_axis(Axis(0)).expect("basket is not empty");
+            x.column_mut(3).assign(&p.emb_out.dot(&mean_in));
+            let sims = self.emb_in_unit.dot(&self.emb_in_unit.select(Axis(0), &rows).t());
+            for (j, row) in sims.axis_iter(Axis(0)).enumerate() {
+                x[[j, 4]] = row.iter().copied().fold(f32::MIN, f32::max);
+            }
+        }
+        if let Some(c) = customer {
+            let orders = p.customers.orders[c as usize].max(1.0);
+            let (cols, vals) = p.history.row(c as usize);
+            for (&j, &h) in cols.iter().zip(vals) {
+                x[[j as usize, 6]] = h.ln_1p();
+                x[[j as usize, 7]] = h / orders;
+            }
+        }
+        x
+    }
+
+    /// Scores of every item for a customer and basket.
+    pub fn scores(&self, customer: Option<CustomerIx>, basket: &[ItemIx]) -> Array1<f32> {
+        self.parts.ranker.scores(&self.features(customer, basket))
+    }
+
+    /// True when `j` is a substitute of basket item `i`: same known category, and bought
+    /// together less often than chance though both sell well enough to judge.
+    pub fn is_substitute(&self, i: ItemIx, j: ItemIx) -> bool {
+        let (ci, cj) = (self.category_of[i as usize], self.category_of[j as usize]);
+        if ci.is_none() || ci != cj {
+            return false;
+        }
+        let p = &self.parts;
+        let expected = p.items.orders[i as usize] * p.items.orders[j as usize] / p.n_orders.max(1.0);
+        expected >= p.policy.substitute_min_expected && p.pairs.get(i as usize, j) < expected
+    }
+
+    /// Ranks offers for a request (validated here).
+    pub fn rank(&self, q: &RankQuery) -> Result<Ranking> {
+        q.validate()?;
+        let p = &self.parts;
+        let customer = q.customer_id.as_deref().and_then(|c| self.customer(c));
+        let mut basket = Vec::with_capacity(q.basket.len());
+        let mut unknown_items = Vec::new();
+        for id in &q.basket {
+            match self.item(id) {
+                Some(i) if !basket.contains(&i) => basket.push(i),
+                Some(_) => {}
+                None => unknown_items.push(id.clone()),
+            }
+        }
+        let mut out = Ranking { customer_known: customer.is_some(), unknown_items, ..Default::default() };
+        if let Some(c) = customer {
+            let c = c as usize;
+            let rate = p.customers.return_rate[c];
+            if rate >= p.policy.return_suppress_rate && p.customer_lines[c] >= p.policy.return_suppress_min_lines {
+                out.suppressed = Some(format!("customer returns {:.0}% of purchases", rate * 100.0));
+                return Ok(out);
+            }
+        }
+        let n = self.n_items();
+        let mut eligible = vec![true; n];
+        for &i in &basket {
+            eligible[i as usize] = false;
+        }
+        for id in &q.exclude {
+            if let Some(i) = self.item(id) {
+                eligible[i as usize] = false;
+            }
+        }
+        if !q.allow.is_empty() {
+            let mut allowed = vec![false; n];
+            for i in q.allow.iter().filter_map(|id| self.item(id)) {
+                allowed[i as usize] = true;
+            }
+            eligible.iter_mut().zip(&allowed).for_each(|(e, a)| *e &= a);
+        }
+        if !q.categories.is_empty() {
+            let wanted: Vec<u32> = q.categories.iter().filter_map(|c| self.category_index.get(c).copied()).collect();
+            for (j, e) in eligible.iter_mut().enumerate() {
+                *e &= self.category_of[j].is_some_and(|c| wanted.contains(&c));
+            }
+        }
+        let mut k = q.k;
+        if q.touchpoint == Touchpoint::Checkout {
+            k = k.min(3);
+            let max_price = basket.iter().map(|&i| p.items.prices[i as usize]).filter(|v| v.is_finite()).fold(f32::NAN, f32::max);
+            if max_price.is_finite() {
+                for (j, e) in eligible.iter_mut().enumerate() {
+                    *e &= !(p.items.prices[j] > max_price);
+                }
+            }
+        }
+        let x = self.features(customer, &basket);
+        let scores = p.ranker.scores(&x);
+        let mut order: Vec<ItemIx> = (0..n as ItemIx).filter(|&j| eligible[j as usize]).collect();
+        order.sort_unstable_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]).then(a.cmp(&b)));
+        let mut per_category: HashMap<u32, usize> = HashMap::new();
+        for j in order {
+            if out.items.len() == k {
+                break;
+            }
+            let s = scores[j as usize];
+            let probability = p.ranker.probability(s);
+            if probability < q.min_probability {
+                break; // scores are sorted, so every later item is below the threshold too
+            }
+            if !q.allow_substitutes && basket.iter().any(|&i| self.is_substitute(i, j)) {
+                continue;
+            }
+            if q.max_per_category > 0
+                && let Some(c) = self.category_of[j as usize]
+            {
+                let seen = per_category.entry(c).or_default();
+                if *seen >= q.max_per_category {
+                    continue;
+                }
+                *seen += 1;
+            }
+            out.items.push(RankedItem { item: j, score: s, probability, reason: self.reason(customer, &basket, j, x.row(j as usize)) });
+        }
+        Ok(out)
+    }
+
+    fn reason(&self, customer: Option<CustomerIx>, basket: &[ItemIx], j: ItemIx, x: ArrayView1<'_, f32>) -> Reason {
+        let p = &self.parts;
+        let best_pair = basket
+            .iter()
+            .map(|&i| (i, p.pairs.get(i as usize, j) / p.items.orders[i as usize].max(1.0)))
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
+        if let Some((i, cond)) = best_pair
+            && cond > 0.0
+        {
+            return Reason::BoughtWith(i);
+        }
+        if customer.is_some() && x[6] > 0.0 {
+            return Reason::BoughtBefore;
+        }
+        let best_emb = basket
+            .iter()
+            .map(|&i| (i, p.emb_in.row(i as usize).dot(&p.emb_out.row(j as usize))))
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
+        match best_emb {
+            Some((i, _)) => Reason::Complements(i),
+            None => Reason::Popular,
+        }
+    }
+
+    /// A human-readable explanation of a reason.
+    pub fn explain(&self, reason: Reason) -> (Option<&str>, String) {
+        let name = |i: ItemIx| {
+            let it = &self.parts.items;
+            it.names[i as usize].clone().unwrap_or_else(|| it.ids[i as usize].clone())
+        };
+        match reason {
+            Reason::BoughtWith(i) => (Some(self.parts.items.ids[i as usize].as_str()), format!("often bought with {}", name(i))),
+            Reason::Complements(i) => (Some(self.parts.items.ids[i as usize].as_str()), format!("complements {}", name(i))),
+            Reason::BoughtBefore => (None, "you bought this before".into()),
+            Reason::Popular => (None, "popular with other customers".into()),
+        }
+    }
+}

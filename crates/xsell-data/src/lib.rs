@@ -1,0 +1,20 @@
+//! Order logs in and tables out: the only crate that knows arrow and parquet.
+//!
+//! * [`read_log`] streams parquet order logs (a file, a directory with hive-style partitions, or
+//!   a glob) record batch by record batch into the core's [`xsell_core::LogBuilder`]; columns can
+//!   be renamed with a [`ColumnMap`], and every schema problem is reported with the file, the
+//!   column and what was expected.
+//! * [`write_lines`] writes order logs in the canonical schema (used by [`generate`]).
+//! * [`tables`] reads and writes the catalog and customer tables of a model bundle.
+//!
+//! It is *not* where counting happens: the aggregate pass lives in `xsell_core::aggregate`.
+
+pub mod error;
+pub mod generate;
+mod read;
+pub mod tables;
+mod write;
+
+pub use error::{DataError, Result};
+pub use read::{ColumnMap, Field, list_inputs, read_log, read_log_with};
+pub use write::{RawLine, write_lines};

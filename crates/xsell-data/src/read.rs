@@ -1,0 +1,369 @@
+//! Streaming parquet order-log reader.
+
+use std::path::{Path, PathBuf};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type, TimestampMillisecondType};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_cast::cast::{CastOptions, can_cast_types, cast_with_options};
+use arrow_schema::{DataType, TimeUnit};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use xsell_core::{LogBuilder, LogLine, OrderLog};
+
+use crate::{DataError, Result};
+
+/// A canonical column of the order log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// Basket / invoice id (required).
+    OrderId,
+    /// Customer id.
+    CustomerId,
+    /// Product id (required).
+    ItemId,
+    /// Product text.
+    ItemName,
+    /// Category.
+    Category,
+    /// Units (negative = returned).
+    Quantity,
+    /// Price per unit.
+    UnitPrice,
+    /// Order time.
+    Ts,
+    /// Return / cancellation flag.
+    IsReturn,
+}
+
+impl Field {
+    /// Every field, in canonical column order.
+    pub const ALL: [Field; 9] = [
+        Field::OrderId,
+        Field::CustomerId,
+        Field::ItemId,
+        Field::ItemName,
+        Field::Category,
+        Field::Quantity,
+        Field::UnitPrice,
+        Field::Ts,
+        Field::IsReturn,
+    ];
+
+    /// Canonical column name.
+    pub fn canonical(self) -> &'static str {
+        match self {
+            Field::OrderId => "order_id",
+            Field::CustomerId => "customer_id",
+            Field::ItemId => "item_id",
+            Field::ItemName => "item_name",
+            Field::Category => "category",
+            Field::Quantity => "quantity",
+            Field::UnitPrice => "unit_price",
+            Field::Ts => "ts",
+            Field::IsReturn => "is_return",
+        }
+    }
+
+    /// Parses a canonical column name.
+    pub fn from_canonical(name: &str) -> Option<Field> {
+        Field::ALL.into_iter().find(|f| f.canonical() == name)
+    }
+
+    fn required(self) -> bool {
+        matches!(self, Field::OrderId | Field::ItemId)
+    }
+
+    fn target(self) -> (DataType, &'static str) {
+        match self {
+            Field::OrderId | Field::CustomerId | Field::ItemId | Field::ItemName | Field::Category => {
+                (DataType::Utf8, "a string or integer id")
+            }
+            Field::Quantity => (DataType::Int64, "an integer or float quantity"),
+            Field::UnitPrice => (DataType::Float64, "a number"),
+            Field::Ts => (DataType::Timestamp(TimeUnit::Millisecond, None), "a timestamp, a date, or epoch milliseconds (int64)"),
+            Field::IsReturn => (DataType::Boolean, "a boolean"),
+        }
+    }
+}
+
+/// Which file column holds each canonical field (real logs say `InvoiceNo`, `StockCode` …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnMap {
+    names: [String; 9],
+}
+
+impl Default for ColumnMap {
+    fn default() -> Self {
+        ColumnMap { names: Field::ALL.map(|f| f.canonical().to_owned()) }
+    }
+}
+
+impl ColumnMap {
+    /// Reads the column for `field` from `name`.
+    pub fn rename(mut self, field: Field, name: impl Into<String>) -> Self {
+        self.names[field as usize] = name.into();
+        self
+    }
+
+    /// Parses `canonical=actual` pairs, e.g. `order_id=InvoiceNo`.
+    pub fn parse_pairs<S: AsRef<str>>(pairs: &[S]) -> std::result::Result<Self, String> {
+        let mut map = ColumnMap::default();
+        for p in pairs {
+            let p = p.as_ref();
+            let (k, v) = p.split_once('=').ok_or_else(|| format!("column mapping '{p}' is not of the form canonical=actual"))?;
+            let field = Field::from_canonical(k.trim()).ok_or_else(|| {
+                format!("unknown column '{k}' in mapping '{p}'; known: {}", Field::ALL.map(Field::canonical).join(", "))
+            })?;
+            if v.trim().is_empty() {
+                return Err(format!("column mapping '{p}' has an empty column name"));
+            }
+            map = map.rename(field, v.trim());
+        }
+        Ok(map)
+    }
+
+    /// The file column read for `field`.
+    pub fn name(&self, field: Field) -> &str {
+        &self.names[field as usize]
+    }
+}
+
+/// The parquet files a path or pattern names, sorted: a file, every `*.parquet` below a
+/// directory (hive-style `key=value/` partitions included), or a glob.
+pub fn list_inputs(spec: &str) -> Result<Vec<PathBuf>> {
+    let path = Path::new(spec);
+    let mut files = Vec::new();
+    if path.is_file() {
+        files.push(path.to_path_buf());
+    } else if path.is_dir() {
+        walk(path, &mut files)?;
+    } else if spec.contains(['*', '?', '[']) {
+        let entries = glob::glob(spec).map_err(|e| DataError::BadPattern { spec: spec.into(), reason: e.to_string() })?;
+        for entry in entries {
+            let p = entry.map_err(|e| DataError::Io { path: e.path().to_path_buf(), source: std::io::Error::other(e.to_string()) })?;
+            if p.is_file() {
+                files.push(p);
+            } else if p.is_dir() {
+                walk(&p, &mut files)?;
+            }
+        }
+    } else if !path.exists() {
+        return Err(DataError::Io { path: path.into(), source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory") });
+    }
+    files.sort();
+    files.dedup();
+    if files.is_empty() {
+        return Err(DataError::NoInput { spec: spec.into() });
+    }
+    Ok(files)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let io = |source| DataError::Io { path: dir.to_path_buf(), source };
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let p = entry.map_err(io)?.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') || name.starts_with('_') {
+            continue; // hidden files, _SUCCESS markers, _temporary dirs
+        }
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else if name.ends_with(".parquet") || name.ends_with(".parq") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Hive-style `key=value` segments of a path.
+fn partition_values(path: &Path) -> Vec<(String, String)> {
+    path.parent()
+        .into_iter()
+        .flat_map(|p| p.components())
+        .filter_map(|c| c.as_os_str().to_str()?.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect()
+}
+
+/// Reads an order log with canonical column names.
+pub fn read_log(spec: &str) -> Result<OrderLog> {
+    read_log_with(spec, &ColumnMap::default(), &mut |_| {})
+}
+
+/// Reads an order log; `progress` is told the number of lines read so far after each batch.
+pub fn read_log_with(spec: &str, columns: &ColumnMap, progress: &mut dyn FnMut(u64)) -> Result<OrderLog> {
+    let files = list_inputs(spec)?;
+    let mut builder = LogBuilder::new();
+    let mut lines = 0u64;
+    for file in &files {
+        read_file(file, columns, &mut builder, &mut |n| {
+            lines += n;
+            progress(lines)
+        })?;
+    }
+    builder.finish().map_err(|source| DataError::Empty { spec: spec.into(), source })
+}
+
+/// Where each field's values come from in one file.
+enum Source {
+    Column(usize),
+    Constant(String),
+    Absent,
+}
+
+fn read_file(path: &Path, columns: &ColumnMap, builder: &mut LogBuilder, progress: &mut dyn FnMut(u64)) -> Result<()> {
+    let pq = |source| DataError::Parquet { path: path.to_path_buf(), source };
+    let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?;
+    let schema = reader.schema().clone();
+    let partitions = partition_values(path);
+    let mut roots = Vec::new();
+    let mut sources: Vec<Source> = Vec::new();
+    for field in Field::ALL {
+        let name = columns.name(field);
+        match schema.index_of(name) {
+            Ok(ix) => {
+                let found = schema.field(ix).data_type();
+                let (target, expected) = field.target();
+                let castable = match field {
+                    // every type casts to a string in arrow, but lists or structs make no id
+                    Field::OrderId | Field::CustomerId | Field::ItemId | Field::ItemName | Field::Category => {
+                        !found.is_nested() && can_cast_types(found, &target)
+                    }
+                    Field::Quantity | Field::UnitPrice => found.is_numeric() || found.is_null(),
+                    Field::Ts => {
+                        matches!(found, DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 | DataType::Int64 | DataType::Null)
+                    }
+                    Field::IsReturn => matches!(found, DataType::Boolean | DataType::Null),
+                };
+                if !castable {
+                    return Err(DataError::WrongType { path: path.into(), column: name.into(), found: found.to_string(), expected });
+                }
+                sources.push(Source::Column(roots.len()));
+                roots.push(ix);
+            }
+            Err(_) => match partitions.iter().find(|(k, _)| k == name) {
+                Some((_, v)) if matches!(field.target().0, DataType::Utf8) => sources.push(Source::Constant(v.clone())),
+                _ if field.required() => {
+                    return Err(DataError::MissingColumn {
+                        path: path.into(),
+                        column: name.into(),
+                        hint: format!("the {} column; map another name with --column {}=NAME", field.canonical(), field.canonical()),
+                        available: schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", "),
+                    });
+                }
+                _ => sources.push(Source::Absent),
+            },
+        }
+    }
+    // Projected batches keep the file's column order: map root positions to batch positions.
+    let mut sorted = roots.clone();
+    sorted.sort_unstable();
+    let batch_pos: Vec<usize> = roots.iter().map(|r| sorted.binary_search(r).expect("root is present")).collect();
+    let mask = ProjectionMask::roots(reader.parquet_schema(), sorted.iter().copied());
+    let batches = reader.with_projection(mask).with_batch_size(8192).build().map_err(pq)?;
+    for batch in batches {
+        let batch = batch.map_err(|e| pq(e.into()))?;
+        let cols = Columns::new(path, &batch, &sources, &batch_pos, columns)?;
+        for row in 0..batch.num_rows() {
+            builder.push(cols.line(row));
+        }
+        progress(batch.num_rows() as u64);
+    }
+    Ok(())
+}
+
+/// One batch's columns, cast to the canonical types.
+struct Columns {
+    strings: [Option<StrCol>; 5],
+    quantity: Option<ArrayRef>,
+    price: Option<ArrayRef>,
+    ts: Option<ArrayRef>,
+    is_return: Option<ArrayRef>,
+}
+
+enum StrCol {
+    Array(ArrayRef),
+    Constant(String),
+}
+
+impl Columns {
+    fn new(path: &Path, batch: &RecordBatch, sources: &[Source], batch_pos: &[usize], names: &ColumnMap) -> Result<Self> {
+        let opts = CastOptions { safe: false, ..Default::default() };
+        let get = |field: Field| -> Result<Option<ArrayRef>> {
+            let Source::Column(k) = sources[field as usize] else { return Ok(None) };
+            let array = batch.column(batch_pos[k]);
+            let target = match (field, array.data_type()) {
+                // epoch-ms integers are taken as they are
+                (Field::Ts, DataType::Int64) => return Ok(Some(array.clone())),
+                (f, _) => f.target().0,
+            };
+            cast_with_options(array, &target, &opts).map(Some).map_err(|e| DataError::BadValue {
+                path: path.into(),
+                column: names.name(field).into(),
+                reason: format!("cannot read as {}: {e}", field.target().1),
+            })
+        };
+        let string = |field: Field| -> Result<Option<StrCol>> {
+            Ok(match &sources[field as usize] {
+                Source::Constant(v) => Some(StrCol::Constant(v.clone())),
+                _ => get(field)?.map(StrCol::Array),
+            })
+        };
+        Ok(Columns {
+            strings: [
+                string(Field::OrderId)?,
+                string(Field::CustomerId)?,
+                string(Field::ItemId)?,
+                string(Field::ItemName)?,
+                string(Field::Category)?,
+            ],
+            quantity: get(Field::Quantity)?,
+            price: get(Field::UnitPrice)?,
+            ts: get(Field::Ts)?,
+            is_return: get(Field::IsReturn)?,
+        })
+    }
+
+    fn str(&self, k: usize, row: usize) -> Option<&str> {
+        match self.strings[k].as_ref()? {
+            StrCol::Constant(v) => Some(v),
+            StrCol::Array(a) => {
+                let a = a.as_string::<i32>();
+                a.is_valid(row).then(|| a.value(row))
+            }
+        }
+    }
+
+    fn line(&self, row: usize) -> LogLine<'_> {
+        let int = |a: &Option<ArrayRef>| {
+            let a = a.as_ref()?.as_primitive::<Int64Type>();
+            a.is_valid(row).then(|| a.value(row))
+        };
+        let ts = self.ts.as_ref().and_then(|a| match a.data_type() {
+            DataType::Int64 => int(&self.ts),
+            _ => {
+                let a = a.as_primitive::<TimestampMillisecondType>();
+                a.is_valid(row).then(|| a.value(row))
+            }
+        });
+        LogLine {
+            order_id: self.str(0, row),
+            customer_id: self.str(1, row),
+            item_id: self.str(2, row),
+            item_name: self.str(3, row),
+            category: self.str(4, row),
+            quantity: int(&self.quantity).unwrap_or(1),
+            unit_price: self.price.as_ref().and_then(|a| {
+                let a = a.as_primitive::<Float64Type>();
+                a.is_valid(row).then(|| a.value(row))
+            }),
+            ts,
+            is_return: self.is_return.as_ref().is_some_and(|a| {
+                let a = a.as_boolean();
+                a.is_valid(row) && a.value(row)
+            }),
+        }
+    }
+}
+

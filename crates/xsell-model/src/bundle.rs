@@ -1,0 +1,236 @@
+//! Writing and loading bundles.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use ndarray::Array2;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+use xsell_core::model::{ModelParts, Policy, Ranker};
+use xsell_core::{CrossSellModel, Csr};
+use xsell_data::tables;
+
+use crate::{BundleError, Result};
+
+/// The bundle format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+const MANIFEST: &str = "manifest.json";
+const TENSORS: &str = "tensors.safetensors";
+const CATALOG: &str = "catalog.parquet";
+const CUSTOMERS: &str = "customers.parquet";
+const LATEST: &str = "latest";
+
+/// What the model was trained on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InputInfo {
+    /// The input path or pattern.
+    pub source: String,
+    /// sha256 over the input files' bytes (in path order).
+    pub sha256: String,
+    /// Raw lines read.
+    pub lines: u64,
+    /// Purchase orders used for training.
+    pub orders: u64,
+}
+
+/// The manifest of a bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Bundle format version.
+    pub format_version: u32,
+    /// Model name (the parent directory).
+    pub name: String,
+    /// Version (the bundle directory), set by [`save`].
+    pub version: String,
+    /// Creation time, RFC 3339 UTC.
+    pub created_at: String,
+    /// Version of the xsell build that wrote it.
+    pub xsell_version: String,
+    /// Training hyperparameters, as the trainer reports them.
+    pub hyperparameters: serde_json::Value,
+    /// Input fingerprint.
+    pub input: InputInfo,
+    /// Validation metrics measured by the trainer.
+    pub metrics: serde_json::Value,
+    /// Ranker feature names, in column order.
+    pub features: Vec<String>,
+    /// Ranker weights and calibration.
+    pub ranker: Ranker,
+    /// Ranking policy.
+    pub policy: Policy,
+    /// Items in the catalog.
+    pub n_items: usize,
+    /// Customers in the customer table.
+    pub n_customers: usize,
+    /// Embedding dimension.
+    pub dim: usize,
+    /// Training orders.
+    pub n_orders: f32,
+}
+
+/// A loaded, validated bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// The model, ready to rank.
+    pub model: CrossSellModel,
+    /// Where it was loaded from.
+    pub path: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
+    move |source| BundleError::Io { path: path.to_path_buf(), source }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn u32_bytes(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Writes a bundle under `dir` (`models/<name>`) and points `latest` at it.
+/// `manifest.version` is replaced by a fresh, unique version; the bundle's path is returned.
+pub fn save(dir: &Path, mut manifest: Manifest, parts: &ModelParts) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut version = crate::now_version();
+    let mut n = 1;
+    while dir.join(&version).exists() {
+        n += 1;
+        version = format!("{}-{n}", crate::now_version());
+    }
+    manifest.version = version.clone();
+    manifest.format_version = FORMAT_VERSION;
+    manifest.n_items = parts.items.ids.len();
+    manifest.n_customers = parts.customers.ids.len();
+    manifest.dim = parts.emb_in.ncols();
+    manifest.n_orders = parts.n_orders;
+    manifest.ranker = parts.ranker.clone();
+    manifest.policy = parts.policy;
+    manifest.features = xsell_core::model::FEATURES.iter().map(|s| s.to_string()).collect();
+
+    let tmp = dir.join(format!(".tmp-{version}-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let write = || -> Result<()> {
+        let manifest_path = tmp.join(MANIFEST);
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|source| BundleError::Manifest { path: manifest_path.clone(), source })?;
+        std::fs::write(&manifest_path, json).map_err(io(&manifest_path))?;
+        write_tensors(&tmp.join(TENSORS), parts)?;
+        tables::write_catalog(&tmp.join(CATALOG), &parts.items)?;
+        tables::write_customers(&tmp.join(CUSTOMERS), &parts.customers, &parts.customer_lines)?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let final_dir = dir.join(&version);
+    std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+    let latest_tmp = dir.join(format!(".{LATEST}.tmp-{}", std::process::id()));
+    std::fs::write(&latest_tmp, format!("{version}\n")).map_err(io(&latest_tmp))?;
+    std::fs::rename(&latest_tmp, dir.join(LATEST)).map_err(io(dir))?;
+    Ok(final_dir)
+}
+
+fn write_tensors(path: &Path, parts: &ModelParts) -> Result<()> {
+    let bad = |reason: String| BundleError::Tensors { path: path.to_path_buf(), reason };
+    let (n, d) = parts.emb_in.dim();
+    let emb_in = f32_bytes(&parts.emb_in.iter().copied().collect::<Vec<_>>());
+    let emb_out = f32_bytes(&parts.emb_out.iter().copied().collect::<Vec<_>>());
+    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> =
+        vec![("emb_in".into(), Dtype::F32, vec![n, d], emb_in), ("emb_out".into(), Dtype::F32, vec![n, d], emb_out)];
+    for (name, csr) in [("pairs", &parts.pairs), ("history", &parts.history)] {
+        owned.push((format!("{name}.indptr"), Dtype::U32, vec![csr.indptr.len()], u32_bytes(&csr.indptr)));
+        owned.push((format!("{name}.indices"), Dtype::U32, vec![csr.indices.len()], u32_bytes(&csr.indices)));
+        owned.push((format!("{name}.values"), Dtype::F32, vec![csr.values.len()], f32_bytes(&csr.values)));
+    }
+    let views = owned
+        .iter()
+        .map(|(name, dtype, shape, data)| TensorView::new(*dtype, shape.clone(), data).map(|v| (name.clone(), v)))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    let meta = HashMap::from([("format".to_string(), "xsell".to_string())]);
+    safetensors::tensor::serialize_to_file(views, Some(meta), path).map_err(|e| bad(e.to_string()))
+}
+
+/// The version `latest` points at, under `dir` (`models/<name>`).
+pub fn latest_version(dir: &Path) -> Result<String> {
+    let p = dir.join(LATEST);
+    let v = std::fs::read_to_string(&p).map_err(io(&p))?;
+    let v = v.trim();
+    if v.is_empty() || v.contains(['/', '\\']) || v.starts_with('.') {
+        return Err(BundleError::Io { path: p, source: std::io::Error::new(std::io::ErrorKind::InvalidData, "does not name a version") });
+    }
+    Ok(v.to_owned())
+}
+
+/// Loads the bundle `latest` points at, under `dir` (`models/<name>`).
+pub fn load_latest(dir: &Path) -> Result<Bundle> {
+    load(&dir.join(latest_version(dir)?))
+}
+
+/// Loads and validates one bundle directory.
+pub fn load(path: &Path) -> Result<Bundle> {
+    let manifest_path = path.join(MANIFEST);
+    let raw = std::fs::read(&manifest_path).map_err(io(&manifest_path))?;
+    let probe: serde_json::Value = serde_json::from_slice(&raw).map_err(|source| BundleError::Manifest { path: manifest_path.clone(), source })?;
+    let found = probe.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+    if found != FORMAT_VERSION {
+        return Err(BundleError::Version { path: path.into(), found, supported: FORMAT_VERSION });
+    }
+    let manifest: Manifest = serde_json::from_value(probe).map_err(|source| BundleError::Manifest { path: manifest_path, source })?;
+    let tensors_path = path.join(TENSORS);
+    let bytes = std::fs::read(&tensors_path).map_err(io(&tensors_path))?;
+    let bad = |reason: String| BundleError::Tensors { path: tensors_path.clone(), reason };
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let get = |name: &str, dtype: Dtype| -> Result<(Vec<usize>, Vec<[u8; 4]>)> {
+        let t = st.tensor(name).map_err(|e| bad(format!("tensor '{name}': {e}")))?;
+        if t.dtype() != dtype {
+            return Err(bad(format!("tensor '{name}' has dtype {:?}, expected {dtype:?}", t.dtype())));
+        }
+        Ok((t.shape().to_vec(), t.data().chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()))
+    };
+    let f32s = |name: &str| get(name, Dtype::F32).map(|(s, v)| (s, v.into_iter().map(f32::from_le_bytes).collect::<Vec<_>>()));
+    let u32s = |name: &str| get(name, Dtype::U32).map(|(_, v)| v.into_iter().map(u32::from_le_bytes).collect::<Vec<_>>());
+    let matrix = |name: &str| -> Result<Array2<f32>> {
+        let (shape, v) = f32s(name)?;
+        match shape[..] {
+            [r, c] => Array2::from_shape_vec((r, c), v).map_err(|e| bad(format!("tensor '{name}': {e}"))),
+            _ => Err(bad(format!("tensor '{name}' has shape {shape:?}, expected 2 dimensions"))),
+        }
+    };
+    let csr = |name: &str| -> Result<Csr> {
+        Ok(Csr { indptr: u32s(&format!("{name}.indptr"))?, indices: u32s(&format!("{name}.indices"))?, values: f32s(&format!("{name}.values"))?.1 })
+    };
+    let items = tables::read_catalog(&path.join(CATALOG))?;
+    let (customers, customer_lines) = tables::read_customers(&path.join(CUSTOMERS))?;
+    if items.ids.len() != manifest.n_items || customers.ids.len() != manifest.n_customers {
+        return Err(BundleError::Inconsistent {
+            path: path.into(),
+            source: xsell_core::Error::Inconsistent(format!(
+                "tables hold {} items and {} customers, the manifest says {} and {}",
+                items.ids.len(),
+                customers.ids.len(),
+                manifest.n_items,
+                manifest.n_customers
+            )),
+        });
+    }
+    let parts = ModelParts {
+        items,
+        customers,
+        customer_lines,
+        pairs: csr("pairs")?,
+        history: csr("history")?,
+        emb_in: matrix("emb_in")?,
+        emb_out: matrix("emb_out")?,
+        n_orders: manifest.n_orders,
+        ranker: manifest.ranker.clone(),
+        policy: manifest.policy,
+    };
+    let model = CrossSellModel::new(parts).map_err(|source| BundleError::Inconsistent { path: path.into(), source })?;
+    Ok(Bundle { manifest, model, path: path.into() })
+}

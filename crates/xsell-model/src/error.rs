@@ -1,0 +1,60 @@
+//! Errors of bundle reading and writing.
+
+use std::path::PathBuf;
+
+/// Why a bundle could not be written or was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    /// File system error on a path.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The manifest is not valid JSON of the expected shape.
+    #[error("{}: bad manifest: {source}", path.display())]
+    Manifest {
+        /// The manifest path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The bundle was written by an unknown format version.
+    #[error("{}: format version {found} is not supported (this build reads version {supported})", path.display())]
+    Version {
+        /// The bundle directory.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// The tensors file is malformed or lacks a tensor.
+    #[error("{}: {reason}", path.display())]
+    Tensors {
+        /// The tensors file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A table could not be read or written.
+    #[error(transparent)]
+    Table(#[from] xsell_data::DataError),
+    /// The parts do not agree with each other.
+    #[error("{}: {source}", path.display())]
+    Inconsistent {
+        /// The bundle directory.
+        path: PathBuf,
+        /// What disagrees.
+        #[source]
+        source: xsell_core::Error,
+    },
+}
+
+/// Result with [`BundleError`].
+pub type Result<T, E = BundleError> = std::result::Result<T, E>;

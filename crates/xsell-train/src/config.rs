@@ -1,0 +1,98 @@
+//! Hyperparameters: checked once, then saved with the model.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Result, TrainError};
+
+/// Training hyperparameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Embedding dimension.
+    pub dim: usize,
+    /// Passes over the weighted co-purchase pairs.
+    pub epochs: f64,
+    /// Upper bound on embedding steps.
+    pub max_steps: usize,
+    /// Pairs per embedding step.
+    pub batch_size: usize,
+    /// Negative samples per pair.
+    pub negatives: usize,
+    /// Adam learning rate of the embeddings.
+    pub learning_rate: f64,
+    /// Co-purchased items kept per item.
+    pub max_neighbours: usize,
+    /// Share of the newest training orders used to fit and calibrate the ranker.
+    pub validation_fraction: f64,
+    /// Queries drawn from those orders (at most).
+    pub ranker_queries: usize,
+    /// Hardest negatives per ranker query (best by the co-occurrence heuristic).
+    pub ranker_hard_negatives: usize,
+    /// Random negatives per ranker query.
+    pub ranker_random_negatives: usize,
+    /// Ranker training epochs.
+    pub ranker_epochs: usize,
+    /// Share of the ranker queries held out for calibration and validation metrics.
+    pub calibration_share: f64,
+    /// Refit aggregates and embeddings on all training orders after fitting the ranker.
+    pub refit: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            seed: 42,
+            dim: 32,
+            epochs: 3.0,
+            max_steps: 1500,
+            batch_size: 2048,
+            negatives: 5,
+            learning_rate: 0.02,
+            max_neighbours: 200,
+            validation_fraction: 0.1,
+            ranker_queries: 6000,
+            ranker_hard_negatives: 60,
+            ranker_random_negatives: 40,
+            ranker_epochs: 30,
+            calibration_share: 0.3,
+            refit: true,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks every hyperparameter's range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name, reason: &str| Err(TrainError::Config { name, reason: reason.into() });
+        if !(1..=512).contains(&self.dim) {
+            return bad("dim", "must be within 1..=512");
+        }
+        if !(self.epochs.is_finite() && self.epochs >= 0.0) {
+            return bad("epochs", "must be a non-negative number");
+        }
+        if self.batch_size == 0 || self.batch_size > 1 << 20 {
+            return bad("batch_size", "must be within 1..=1048576");
+        }
+        if self.negatives == 0 || self.negatives > 100 {
+            return bad("negatives", "must be within 1..=100");
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0 && self.learning_rate < 10.0) {
+            return bad("learning_rate", "must be within (0, 10)");
+        }
+        if self.max_neighbours == 0 {
+            return bad("max_neighbours", "must be at least 1");
+        }
+        if !(0.0..0.9).contains(&self.validation_fraction) {
+            return bad("validation_fraction", "must be within [0, 0.9)");
+        }
+        if !(0.0..1.0).contains(&self.calibration_share) {
+            return bad("calibration_share", "must be within [0, 1)");
+        }
+        if self.ranker_hard_negatives + self.ranker_random_negatives == 0 {
+            return bad("ranker_hard_negatives", "the ranker needs at least one negative per query");
+        }
+        Ok(())
+    }
+}

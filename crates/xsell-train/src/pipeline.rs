@@ -1,0 +1,302 @@
+//! The training pipeline: aggregates → embeddings → ranker → calibration → refit.
+
+use std::time::Instant;
+
+use ndarray::Array2;
+use rand::seq::index::sample;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use xsell_core::aggregate::AggregateConfig;
+use xsell_core::baseline::{Cooccurrence, Popularity, Recommender};
+use xsell_core::metrics::{Evaluator, QueryTags};
+use xsell_core::model::{CustomerTable, ItemTable, ModelParts, N_FEATURES, Policy, Ranker};
+use xsell_core::protocol::draw_index_queries;
+use xsell_core::{Aggregates, CrossSellModel, Csr, ItemIx, OrderLog};
+
+use crate::embed::train_embeddings;
+use crate::ranker::{RankerFit, fit_platt, fit_ranker};
+use crate::{Progress, Result, TrainConfig, TrainError};
+
+/// Wall time of one phase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PhaseTime {
+    /// Phase name.
+    pub phase: String,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// hit@10 / mrr@20 of the model and the baselines on the trainer's held-out queries.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ValidationMetrics {
+    /// Queries judged.
+    pub queries: usize,
+    /// Per system: (name, hit@10, mrr@20).
+    pub systems: Vec<(String, f64, f64)>,
+}
+
+/// What happened during training.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrainReport {
+    /// Orders trained on.
+    pub orders: usize,
+    /// Items in the model.
+    pub items: usize,
+    /// Customers in the model.
+    pub customers: usize,
+    /// Ranker queries used for fitting.
+    pub ranker_queries: usize,
+    /// Time per phase.
+    pub phases: Vec<PhaseTime>,
+    /// Validation metrics.
+    pub validation: ValidationMetrics,
+}
+
+/// A trained model with its report and the aggregates of all training orders (log index space).
+#[derive(Debug)]
+pub struct Fitted {
+    /// The model.
+    pub parts: ModelParts,
+    /// The report.
+    pub report: TrainReport,
+    /// Aggregates over every training order, in the log's index space (for baselines).
+    pub aggregates: Aggregates,
+}
+
+struct Timer<'a> {
+    phases: &'a mut Vec<PhaseTime>,
+    start: Instant,
+}
+
+impl Timer<'_> {
+    fn lap(&mut self, phase: &str) {
+        self.phases.push(PhaseTime { phase: phase.into(), seconds: self.start.elapsed().as_secs_f64() });
+        self.start = Instant::now();
+    }
+}
+
+/// Maps between a log's index space and a model's.
+struct Spaces {
+    item_to_model: Vec<Option<ItemIx>>,
+    customer_to_model: Vec<Option<u32>>,
+}
+
+/// Builds model parts (everything but a fitted ranker) from aggregates over a log.
+pub fn build_parts(log: &OrderLog, agg: &Aggregates, cfg: &TrainConfig, ranker: Ranker, progress: &mut dyn Progress) -> Result<ModelParts> {
+    Ok(build(log, agg, cfg, ranker, progress)?.0)
+}
+
+fn build(log: &OrderLog, agg: &Aggregates, cfg: &TrainConfig, ranker: Ranker, progress: &mut dyn Progress) -> Result<(ModelParts, Spaces)> {
+    let mut item_to_model = vec![None; log.catalog.len()];
+    let mut items = ItemTable::default();
+    for (i, &c) in agg.item_orders.iter().enumerate() {
+        if c > 0.0 {
+            item_to_model[i] = Some(items.ids.len() as ItemIx);
+            items.ids.push(log.catalog.ids[i].clone());
+            items.names.push(log.catalog.names[i].clone());
+            items.categories.push(log.catalog.categories[i].clone());
+            items.prices.push(log.catalog.prices[i]);
+            items.orders.push(c);
+            items.return_rate.push(agg.item_return_rate(i as ItemIx));
+        }
+    }
+    if items.ids.is_empty() {
+        return Err(TrainError::NotEnoughData("no item was bought in the training orders".into()));
+    }
+    let mut customer_to_model = vec![None; log.customers.len()];
+    let mut customers = CustomerTable::default();
+    let mut customer_lines = Vec::new();
+    for c in 0..log.customers.len() {
+        if agg.customer_orders[c] > 0.0 || agg.customer_returns[c] > 0.0 {
+            customer_to_model[c] = Some(customers.ids.len() as u32);
+            customers.ids.push(log.customers[c].clone());
+            customers.orders.push(agg.customer_orders[c]);
+            customers.return_rate.push(agg.customer_return_rate(c as u32));
+            customer_lines.push(agg.customer_lines[c]);
+        }
+    }
+    let remap = |csr: &Csr, rows: &[Option<u32>]| -> Csr {
+        Csr::from_rows(rows.iter().enumerate().filter(|(_, m)| m.is_some()).map(|(r, _)| {
+            let (cols, vals) = csr.row(r);
+            cols.iter().zip(vals).filter_map(|(&c, &v)| item_to_model[c as usize].map(|m| (m, v))).collect()
+        }))
+    };
+    let pairs = remap(&agg.pairs, &item_to_model);
+    let history = remap(&agg.history, &customer_to_model);
+    let (emb_in, emb_out) = train_embeddings(&pairs, &items.orders, cfg, progress)?;
+    let parts = ModelParts {
+        items,
+        customers,
+        customer_lines,
+        pairs,
+        history,
+        emb_in,
+        emb_out,
+        n_orders: agg.n_orders as f32,
+        ranker,
+        policy: Policy::default(),
+    };
+    Ok((parts, Spaces { item_to_model, customer_to_model }))
+}
+
+/// One ranker query in model space.
+struct MQuery {
+    customer: Option<u32>,
+    basket: Vec<ItemIx>,
+    target: ItemIx,
+    /// The same query in log space, for the baselines.
+    log_basket: Vec<ItemIx>,
+    log_target: ItemIx,
+}
+
+/// Trains a model on `orders` (indices into `log.orders`, oldest first); return signals at or
+/// after `cutoff_ts` are ignored.
+pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Fitted> {
+    cfg.validate()?;
+    if orders.is_empty() {
+        return Err(TrainError::NotEnoughData("no training order".into()));
+    }
+    let agg_cfg = AggregateConfig { max_neighbours: cfg.max_neighbours };
+    let mut report = TrainReport { orders: orders.len(), ..Default::default() };
+    let mut timer = Timer { phases: &mut report.phases, start: Instant::now() };
+
+    let n_valid = (orders.len() as f64 * cfg.validation_fraction).round() as usize;
+    let (base, valid) = orders.split_at(orders.len() - n_valid);
+    let base_cut = valid.first().and_then(|&o| log.orders[o].ts).or(cutoff_ts);
+    let fit_ranker_now = !valid.is_empty() && !base.is_empty();
+    let (base, base_cut) = if fit_ranker_now { (base, base_cut) } else { (orders, cutoff_ts) };
+    progress.start("aggregates", 1);
+    let base_agg = Aggregates::compute(log, base, base_cut, &agg_cfg);
+    progress.finish();
+    timer.lap("aggregates");
+    let (parts, spaces) = build(log, &base_agg, cfg, Ranker::single(1), progress)?;
+    timer.lap("embeddings");
+
+    let mut ranker = Ranker::single(1);
+    let mut validation = ValidationMetrics::default();
+    if fit_ranker_now {
+        let model = CrossSellModel::new(parts)?;
+        let queries: Vec<MQuery> = draw_index_queries(log, valid, cfg.seed, cfg.ranker_queries)
+            .into_iter()
+            .filter_map(|(o, t)| {
+                let order = &log.orders[o];
+                let target = spaces.item_to_model[t as usize]?;
+                let log_basket: Vec<ItemIx> = order.items.iter().copied().filter(|&i| i != t).collect();
+                let basket: Vec<ItemIx> = log_basket.iter().filter_map(|&i| spaces.item_to_model[i as usize]).collect();
+                let customer = order.customer.and_then(|c| spaces.customer_to_model[c as usize]);
+                Some(MQuery { customer, basket, target, log_basket, log_target: t })
+            })
+            .collect();
+        let (calib, fit): (Vec<_>, Vec<_>) = queries.iter().enumerate().partition(|(k, _)| (*k as f64 * cfg.calibration_share).fract() + cfg.calibration_share >= 1.0);
+        let fit: Vec<&MQuery> = fit.into_iter().map(|(_, q)| q).collect();
+        let calib: Vec<&MQuery> = calib.into_iter().map(|(_, q)| q).collect();
+        report.ranker_queries = fit.len();
+        if !fit.is_empty() {
+            progress.start("ranker features", fit.len() as u64);
+            let examples: Vec<Array2<f32>> = fit.par_iter().enumerate().map(|(k, q)| examples_for(&model, q, cfg, cfg.seed ^ k as u64)).collect();
+            progress.finish();
+            timer.lap("ranker features");
+            let fit_cfg = RankerFit { epochs: cfg.ranker_epochs, seed: cfg.seed, disabled: [false; N_FEATURES] };
+            ranker = fit_ranker(&examples, &fit_cfg, progress)?;
+            timer.lap("ranker fit");
+        }
+        // calibration and validation metrics on the held-out queries
+        let judged = if calib.is_empty() { &fit } else { &calib };
+        let model = CrossSellModel::new(ModelParts { ranker: ranker.clone(), ..model.parts().clone() })?;
+        let (scores, labels, metrics) = calibrate_and_judge(&model, &base_agg, judged);
+        let (a, b) = fit_platt(&scores, &labels);
+        ranker.calib_a = a;
+        ranker.calib_b = b;
+        validation = metrics;
+        timer.lap("calibration");
+    }
+    let (parts, all_agg) = if cfg.refit || !fit_ranker_now {
+        progress.start("refit aggregates", 1);
+        let agg = Aggregates::compute(log, orders, cutoff_ts, &agg_cfg);
+        progress.finish();
+        let (parts, _) = build(log, &agg, cfg, ranker, progress)?;
+        timer.lap("refit");
+        (parts, agg)
+    } else {
+        (ModelParts { ranker, ..build(log, &base_agg, cfg, Ranker::single(1), progress)?.0 }, base_agg)
+    };
+    report.items = parts.items.ids.len();
+    report.customers = parts.customers.ids.len();
+    report.validation = validation;
+    // validates the final parts once, so a bad model fails here and not in the server
+    CrossSellModel::new(parts.clone())?;
+    Ok(Fitted { parts, report, aggregates: all_agg })
+}
+
+/// Target row first, then hard negatives (best by co-occurrence, then popularity), then random
+/// ones; always `1 + hard + random` rows.
+fn examples_for(model: &CrossSellModel, q: &MQuery, cfg: &TrainConfig, seed: u64) -> Array2<f32> {
+    let x = model.features(q.customer, &q.basket);
+    let n = x.nrows();
+    let heuristic = |j: usize| x[[j, 1]] + 0.01 * x[[j, 5]] + 0.1 * x[[j, 7]];
+    let mut candidates: Vec<usize> = (0..n).filter(|&j| j as ItemIx != q.target && !q.basket.contains(&(j as ItemIx))).collect();
+    let hard_n = cfg.ranker_hard_negatives.min(candidates.len());
+    if hard_n > 0 && hard_n < candidates.len() {
+        candidates.select_nth_unstable_by(hard_n - 1, |&a, &b| heuristic(b).total_cmp(&heuristic(a)).then(a.cmp(&b)));
+    }
+    let mut rows = vec![q.target as usize];
+    rows.extend(&candidates[..hard_n]);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let rest = &candidates[hard_n..];
+    let want = 1 + cfg.ranker_hard_negatives + cfg.ranker_random_negatives;
+    if !rest.is_empty() {
+        let take = cfg.ranker_random_negatives.min(rest.len());
+        rows.extend(sample(&mut rng, rest.len(), take).into_iter().map(|k| rest[k]));
+    }
+    while rows.len() < want {
+        // tiny catalogs: pad with repeated negatives (never the target)
+        let pool = if candidates.is_empty() { rows[..1].to_vec() } else { candidates.clone() };
+        rows.push(pool[rng.random_range(0..pool.len())]);
+    }
+    x.select(ndarray::Axis(0), &rows)
+}
+
+/// Top-10 scores and labels of the held-out queries (for Platt), and validation metrics of the
+/// model and of the baselines.
+fn calibrate_and_judge(model: &CrossSellModel, agg: &Aggregates, queries: &[&MQuery]) -> (Vec<f32>, Vec<bool>, ValidationMetrics) {
+    let results: Vec<(Vec<ItemIx>, Vec<f32>)> = queries
+        .par_iter()
+        .map(|q| {
+            let scores = model.scores(q.customer, &q.basket);
+            let mut order: Vec<ItemIx> = (0..scores.len() as ItemIx).filter(|j| !q.basket.contains(j)).collect();
+            order.sort_unstable_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]).then(a.cmp(&b)));
+            order.truncate(20);
+            let s = order.iter().map(|&j| scores[j as usize]).collect();
+            (order, s)
+        })
+        .collect();
+    let (mut cal_s, mut cal_y) = (Vec::new(), Vec::new());
+    let mut eval_model = Evaluator::new();
+    let key = |i: ItemIx| i.to_string();
+    for (q, (order, s)) in queries.iter().zip(&results) {
+        for (&j, &sc) in order.iter().zip(s).take(10) {
+            cal_s.push(sc);
+            cal_y.push(j == q.target);
+        }
+        let ranked: Vec<String> = order.iter().map(|&j| key(j)).collect();
+        eval_model.add(&ranked, None, &key(q.target), QueryTags::default());
+    }
+    let mut systems = vec![summary("xsell", &eval_model, model.n_items())];
+    let baselines: [(&str, &dyn Recommender); 2] = [("cooccurrence", &Cooccurrence(agg)), ("popularity", &Popularity(agg))];
+    for (name, rec) in baselines {
+        let mut ev = Evaluator::new();
+        for q in queries {
+            let ranked: Vec<String> = rec.recommend(None, &q.log_basket, 20).into_iter().map(key).collect();
+            ev.add(&ranked, None, &key(q.log_target), QueryTags::default());
+        }
+        systems.push(summary(name, &ev, model.n_items()));
+    }
+    (cal_s, cal_y, ValidationMetrics { queries: queries.len(), systems })
+}
+
+fn summary(name: &str, ev: &Evaluator, n: usize) -> (String, f64, f64) {
+    let m = ev.finish(n);
+    (name.to_owned(), m.hit10, m.mrr20)
+}

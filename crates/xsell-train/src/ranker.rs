@@ -1,0 +1,128 @@
+//! The ranker: a linear scorer over the core's features, fitted with a sampled-softmax loss in
+//! burn, and Platt calibration of its scores.
+//!
+//! Each training query contributes its target (row 0) and a fixed number of negatives; the loss
+//! is the negative log of the target's softmax share among them, which optimises the ranking
+//! directly. The scorer is linear so that serving is one matrix-vector product per request.
+
+use burn::module::{Module, Param};
+use burn::optim::{AdamConfig, GradientsParams, decay::WeightDecayConfig};
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use ndarray::{Array2, Axis};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use xsell_core::model::{N_FEATURES, Ranker};
+
+use crate::{Progress, Result, TrainError};
+
+#[derive(Module, Debug)]
+struct Linear {
+    w: Param<Tensor<2>>,
+}
+
+/// Settings of [`fit_ranker`].
+#[derive(Debug, Clone, Copy)]
+pub struct RankerFit {
+    /// Passes over the queries.
+    pub epochs: usize,
+    /// Seed of the shuffling.
+    pub seed: u64,
+    /// Features forced to zero weight (for ablations).
+    pub disabled: [bool; N_FEATURES],
+}
+
+/// Fits the scorer on `examples`: one candidates × features matrix per query, the target in
+/// row 0, every matrix with the same number of rows.
+pub fn fit_ranker(examples: &[Array2<f32>], fit: &RankerFit, progress: &mut dyn Progress) -> Result<Ranker> {
+    let Some(first) = examples.first() else {
+        return Err(TrainError::NotEnoughData("no ranker query (the validation orders have no basket of two items or more)".into()));
+    };
+    let c = first.nrows();
+    if examples.iter().any(|e| e.nrows() != c || e.ncols() != N_FEATURES) {
+        return Err(TrainError::Tensor("ranker examples differ in shape".into()));
+    }
+    // standardization over every candidate row
+    let rows: Vec<_> = examples.iter().map(|e| e.view()).collect();
+    let all = ndarray::concatenate(Axis(0), &rows).map_err(|e| TrainError::Tensor(e.to_string()))?;
+    let mean = all.mean_axis(Axis(0)).expect("rows are not empty");
+    let std = all.std_axis(Axis(0), 0.0).mapv(|s| if s > 1e-6 { s } else { 1.0 });
+    let z = (&all - &mean) / &std;
+    let mut z = z;
+    for (f, &off) in fit.disabled.iter().enumerate() {
+        if off {
+            z.column_mut(f).fill(0.0);
+        }
+    }
+    let q = examples.len();
+    let data: Vec<f32> = z.iter().copied().collect();
+    let device = Device::flex();
+    let x_all: Tensor<3> = Tensor::from_data(TensorData::new(data, [q, c, N_FEATURES]), &device);
+    let mut model = Linear { w: Param::from_tensor(Tensor::zeros([N_FEATURES, 1], &device)) };
+    let mut optim = AdamConfig::new().with_weight_decay(Some(WeightDecayConfig::new(1e-4))).init();
+    let mut rng = ChaCha8Rng::seed_from_u64(fit.seed);
+    let batch = 256.min(q);
+    let batches_per_epoch = q.div_ceil(batch);
+    progress.start("ranker", (fit.epochs * batches_per_epoch) as u64);
+    let mut order: Vec<i64> = (0..q as i64).collect();
+    for epoch in 0..fit.epochs {
+        order.shuffle(&mut rng);
+        let lr = 0.05 * (1.0 - 0.9 * epoch as f64 / fit.epochs.max(1) as f64);
+        for chunk in order.chunks(batch) {
+            let idx = Tensor::<1, Int>::from_data(TensorData::new(chunk.to_vec(), [chunk.len()]), &device);
+            let xb = x_all.clone().select(0, idx).reshape([chunk.len() * c, N_FEATURES]);
+            let scores = xb.matmul(model.w.val()).reshape([chunk.len(), c]);
+            let loss = log_softmax(scores, 1).slice([0..chunk.len(), 0..1]).mean().neg();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(lr, model, grads);
+            progress.advance(1);
+        }
+    }
+    progress.finish();
+    let mut weights = model.w.val().into_data().try_to_vec::<f32>().map_err(|e| TrainError::Tensor(format!("{e:?}")))?;
+    for (w, &off) in weights.iter_mut().zip(&fit.disabled) {
+        if off {
+            *w = 0.0;
+        }
+    }
+    Ok(Ranker { mean: mean.to_vec(), scale: std.to_vec(), weights, bias: 0.0, calib_a: 1.0, calib_b: 0.0 })
+}
+
+/// Platt scaling: `(a, b)` such that `sigmoid(a·s + b)` matches the labels, fitted by Newton's
+/// method on Platt's smoothed targets.
+pub fn fit_platt(scores: &[f32], labels: &[bool]) -> (f32, f32) {
+    let pos = labels.iter().filter(|&&y| y).count() as f64;
+    let neg = labels.len() as f64 - pos;
+    if pos == 0.0 || neg == 0.0 {
+        return (1.0, if pos == 0.0 { -10.0 } else { 10.0 });
+    }
+    let (t_pos, t_neg) = ((pos + 1.0) / (pos + 2.0), 1.0 / (neg + 2.0));
+    let (mut a, mut b) = (1.0f64, ((pos + 1.0) / (neg + 1.0)).ln());
+    for _ in 0..100 {
+        let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (0.0, 0.0, 1e-9, 0.0, 1e-9);
+        for (&s, &y) in scores.iter().zip(labels) {
+            let s = f64::from(s);
+            let p = 1.0 / (1.0 + (-(a * s + b)).exp());
+            let t = if y { t_pos } else { t_neg };
+            let (g, h) = (p - t, (p * (1.0 - p)).max(1e-12));
+            ga += g * s;
+            gb += g;
+            haa += h * s * s;
+            hab += h * s;
+            hbb += h;
+        }
+        let det = haa * hbb - hab * hab;
+        if det.abs() < 1e-18 {
+            break;
+        }
+        let da = (hbb * ga - hab * gb) / det;
+        let db = (haa * gb - hab * ga) / det;
+        a -= da;
+        b -= db;
+        if da.abs() < 1e-9 && db.abs() < 1e-9 {
+            break;
+        }
+    }
+    (a as f32, b as f32)
+}
