@@ -97,8 +97,8 @@ pub fn train_embeddings(pairs: &Csr, item_counts: &[f32], cfg: &TrainConfig, pro
     let total_weight: f64 = pairs.values.iter().map(|&c| f64::from(c)).sum();
     let steps = ((cfg.epochs * total_weight / cfg.batch_size as f64).ceil() as usize).clamp(1, cfg.max_steps.max(1));
     let mut model = SkipGram {
-        input: Param::from_tensor(Tensor::from_data(TensorData::new(init, [n, d]), &device)),
-        output: Param::from_tensor(Tensor::zeros([n, d], &device)),
+        input: Param::from_tensor(Tensor::from_data(TensorData::new(init, [n, d]), &device).require_grad()),
+        output: Param::from_tensor(Tensor::zeros([n, d], &device).require_grad()),
     };
     let mut optim = AdamConfig::new().init();
     let (b, k) = (cfg.batch_size, cfg.negatives);

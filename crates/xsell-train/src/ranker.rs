@@ -57,7 +57,7 @@ pub fn fit_ranker(examples: &[Array2<f32>], fit: &RankerFit, progress: &mut dyn 
     }
     let q = examples.len();
     let data: Vec<f32> = z.iter().copied().collect();
-    let device = Device::flex();
+    let device = Device::flex().autodiff();
     let x_all: Tensor<3> = Tensor::from_data(TensorData::new(data, [q, c, N_FEATURES]), &device);
     let mut model = Linear { w: Param::from_tensor(Tensor::zeros([N_FEATURES, 1], &device)) };
     let mut optim = AdamConfig::new().with_weight_decay(Some(WeightDecayConfig::new(1e-4))).init();

@@ -1,0 +1,94 @@
+//! `xsell bench`: ranking latency of a bundle, and training wall time and peak memory.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use xsell_core::RankQuery;
+
+use crate::progress::Bars;
+use crate::train::{CommonTrain, read_input};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Also time reading and training on this order log (and report peak memory).
+    #[arg(long)]
+    orders: Option<String>,
+    #[command(flatten)]
+    common: CommonTrain,
+    /// Root directory of model bundles (latency is measured on the latest bundle of --name).
+    #[arg(long, default_value = "models")]
+    models: PathBuf,
+    /// Model name.
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// Ranking requests to time.
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+}
+
+/// Peak resident memory of this process in MiB (Linux `VmHWM`).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    let model_dir = a.models.join(&a.name);
+    if let Some(orders) = &a.orders {
+        let cfg = a.common.train_config()?;
+        let start = Instant::now();
+        let (log, _) = read_input(orders, &a.common.column_map()?)?;
+        let read = start.elapsed().as_secs_f64();
+        let chrono = xsell_core::protocol::chronological(&log);
+        let fitted = xsell_train::train(&log, &chrono, None, &cfg, &mut Bars::default())?;
+        let total = start.elapsed().as_secs_f64();
+        crate::train::print_summary(&fitted.report, read, total);
+        println!("bench train: {} lines, wall {total:.2}s (read {read:.2}s), peak RSS {:.0} MiB", log.lines_read, peak_rss_mib().unwrap_or(f64::NAN));
+    }
+    let bundle = xsell_model::load_latest(&model_dir)?;
+    let model = &bundle.model;
+    let parts = model.parts();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let n_items = model.n_items();
+    let n_customers = parts.customers.ids.len();
+    let queries: Vec<RankQuery> = (0..a.requests.max(1))
+        .map(|_| {
+            let i = rng.random_range(0..n_items);
+            let mut basket = vec![parts.items.ids[i].clone()];
+            let (cols, _) = parts.pairs.row(i);
+            for &j in cols.iter().take(rng.random_range(0..4)) {
+                basket.push(parts.items.ids[j as usize].clone());
+            }
+            let customer_id = (n_customers > 0 && rng.random_bool(0.5)).then(|| parts.customers.ids[rng.random_range(0..n_customers)].clone());
+            RankQuery { customer_id, basket, k: 10, ..Default::default() }
+        })
+        .collect();
+    let mut lat: Vec<f64> = Vec::with_capacity(queries.len());
+    let start = Instant::now();
+    for q in &queries {
+        let t = Instant::now();
+        std::hint::black_box(model.rank(q)?);
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let wall = start.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    println!(
+        "bench rank: model {} ({} items, dim {}), {} requests on one thread: p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, {:.0} req/s",
+        bundle.manifest.version,
+        n_items,
+        bundle.manifest.dim,
+        lat.len(),
+        pct(0.50),
+        pct(0.95),
+        pct(0.99),
+        lat.len() as f64 / wall
+    );
+    println!("bench peak RSS: {:.0} MiB", peak_rss_mib().unwrap_or(f64::NAN));
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! `xsell eval`: the offline protocol of PROTOCOL.md, for the model (in process or over gRPC)
+//! and the built-in baselines.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use rayon::prelude::*;
+use serde_json::json;
+use xsell_core::baseline::{Cooccurrence, Popularity, Recommender};
+use xsell_core::metrics::{Evaluator, Metrics, QueryTags};
+use xsell_core::protocol::{ProtocolConfig, Query, draw_queries, time_split};
+use xsell_core::{CrossSellModel, ItemIx, OrderLog, RankQuery};
+
+use crate::progress::Bars;
+use crate::train::{CommonTrain, manifest, read_input};
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Order log (parquet file, directory or glob).
+    #[arg(long)]
+    orders: String,
+    #[command(flatten)]
+    common: CommonTrain,
+    /// Write the JSON report here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Write the queries as JSON lines here.
+    #[arg(long)]
+    queries_out: Option<PathBuf>,
+    /// Replay the queries against this gRPC server (host:port or http://host:port) instead of
+    /// training in process.
+    #[arg(long)]
+    server: Option<String>,
+    /// Where the model trained on the training period is saved (serve it to replay over gRPC).
+    #[arg(long, default_value = "models")]
+    models: PathBuf,
+    /// Model name for that bundle (default: eval-<file stem>).
+    #[arg(long)]
+    name: Option<String>,
+    /// Write the reliability diagram (SVG) here (default: beside the report).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Share of newest orders held out.
+    #[arg(long, default_value_t = 0.10)]
+    test_fraction: f64,
+    /// Query seed.
+    #[arg(long, default_value_t = 42)]
+    query_seed: u64,
+    /// At most this many queries.
+    #[arg(long, default_value_t = 20_000)]
+    max_queries: usize,
+}
+
+/// One system's ranked lists: items and, when it has them, probabilities.
+type Lists = Vec<(Vec<String>, Option<Vec<f32>>)>;
+
+pub fn run(a: EvalArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(a.test_fraction > 0.0 && a.test_fraction < 1.0, "--test-fraction must be within (0, 1)");
+    let cfg = a.common.train_config()?;
+    let (log, sha) = read_input(&a.orders, &a.common.column_map()?)?;
+    let protocol = ProtocolConfig { test_fraction: a.test_fraction, seed: a.query_seed, max_queries: a.max_queries };
+    let split = time_split(&log, protocol.test_fraction);
+    let queries = draw_queries(&log, &split, &protocol);
+    anyhow::ensure!(!queries.is_empty(), "{}: no eligible test query (test orders need 2+ items, all seen in training)", a.orders);
+    tracing::info!(train_orders = split.train.len(), test_orders = split.test.len(), queries = queries.len(), "protocol split");
+    if let Some(p) = &a.queries_out {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?);
+        for q in &queries {
+            serde_json::to_writer(&mut f, q)?;
+            f.write_all(b"\n")?;
+        }
+        f.flush()?;
+    }
+    let tags = Tagger::new(&log, &split.train);
+    let n_train_items = tags.train_items.len();
+    let mut systems: Vec<(String, Metrics, f64)> = Vec::new();
+    let mut train_seconds = None;
+    let model_version;
+    if let Some(server) = &a.server {
+        let t = Instant::now();
+        let (version, lists) = remote(server, &queries)?;
+        model_version = version;
+        systems.push(("xsell".into(), judge(&queries, &lists, &tags, n_train_items), t.elapsed().as_secs_f64()));
+    } else {
+        let t = Instant::now();
+        let fitted = xsell_train::train(&log, &split.train, split.cutoff_ts, &cfg, &mut Bars::default())?;
+        train_seconds = Some(t.elapsed().as_secs_f64());
+        let name = a.name.clone().unwrap_or_else(|| format!("eval-{}", stem(&a.orders)));
+        let dir = a.models.join(&name);
+        let path = xsell_model::save(&dir, manifest(&name, &a.orders, &sha, &log, &cfg, &fitted), &fitted.parts)?;
+        model_version = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        println!("model trained on the training period saved to {} (serve it with `xsell serve --name {name}` and replay with --server)", path.display());
+        let model = CrossSellModel::new(fitted.parts.clone())?;
+        let t = Instant::now();
+        let lists = local(&model, &queries)?;
+        systems.push(("xsell".into(), judge(&queries, &lists, &tags, n_train_items), t.elapsed().as_secs_f64()));
+        let agg = &fitted.aggregates;
+        let baselines: [(&str, &dyn Recommender); 2] = [("cooccurrence", &Cooccurrence(agg)), ("popularity", &Popularity(agg))];
+        let ix: HashMap<&str, ItemIx> = log.catalog.ids.iter().enumerate().map(|(i, s)| (s.as_str(), i as ItemIx)).collect();
+        for (name, rec) in baselines {
+            let t = Instant::now();
+            let lists: Lists = queries
+                .par_iter()
+                .map(|q| {
+                    let basket: Vec<ItemIx> = q.basket.iter().filter_map(|s| ix.get(s.as_str()).copied()).collect();
+                    (rec.recommend(None, &basket, 20).into_iter().map(|i| log.catalog.ids[i as usize].clone()).collect(), None)
+                })
+                .collect();
+            systems.push((name.into(), judge(&queries, &lists, &tags, n_train_items), t.elapsed().as_secs_f64()));
+        }
+    }
+    print_table(&a.orders, &split, queries.len(), &systems, train_seconds);
+    if let Some(report) = &a.report {
+        let sys: serde_json::Map<String, serde_json::Value> = systems
+            .iter()
+            .map(|(n, m, secs)| {
+                let mut v = serde_json::to_value(m).unwrap_or_default();
+                v["rank_seconds"] = json!(secs);
+                (n.clone(), v)
+            })
+            .collect();
+        let doc = json!({
+            "dataset": a.orders,
+            "sha256": sha,
+            "protocol": { "seed": protocol.seed, "test_fraction": protocol.test_fraction, "max_queries": protocol.max_queries },
+            "model_version": model_version,
+            "mode": if a.server.is_some() { "grpc" } else { "in-process" },
+            "train_orders": split.train.len(),
+            "test_orders": split.test.len(),
+            "queries": queries.len(),
+            "train_seconds": train_seconds,
+            "hyperparameters": cfg,
+            "systems": sys,
+        });
+        std::fs::write(report, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("writing {}", report.display()))?;
+        println!("report: {}", report.display());
+        let plot = a.plot.clone().unwrap_or_else(|| report.with_extension("reliability.svg"));
+        if let Some((_, m, _)) = systems.iter().find(|(n, _, _)| n == "xsell") {
+            std::fs::write(&plot, reliability_svg(m)).with_context(|| format!("writing {}", plot.display()))?;
+            println!("reliability diagram: {}", plot.display());
+        }
+    }
+    Ok(())
+}
+
+fn stem(spec: &str) -> String {
+    let p = std::path::Path::new(spec);
+    p.file_stem().map(|s| s.to_string_lossy().replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_', "_")).unwrap_or_else(|| "orders".into())
+}
+
+/// The protocol's ranking request for a query: top 20, basket excluded.
+pub fn rank_query(q: &Query) -> RankQuery {
+    RankQuery { customer_id: q.customer_id.clone(), basket: q.basket.clone(), k: 20, ..Default::default() }
+}
+
+fn local(model: &CrossSellModel, queries: &[Query]) -> anyhow::Result<Lists> {
+    queries
+        .par_iter()
+        .map(|q| {
+            let r = model.rank(&rank_query(q))?;
+            let items = r.items.iter().map(|i| model.parts().items.ids[i.item as usize].clone()).collect();
+            Ok((items, Some(r.items.iter().map(|i| i.probability).collect())))
+        })
+        .collect()
+}
+
+fn remote(server: &str, queries: &[Query]) -> anyhow::Result<(String, Lists)> {
+    use xsell_proto::v1::cross_sell_client::CrossSellClient;
+    use xsell_proto::v1::{ModelInfoRequest, RankBatchRequest, RankRequest};
+    let url = if server.contains("://") { server.to_owned() } else { format!("http://{server}") };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())?.connect().await.with_context(|| format!("connecting to {url}"))?;
+        let mut client = CrossSellClient::new(channel);
+        client = client.max_decoding_message_size(64 << 20);
+        let info = client.model_info(ModelInfoRequest {}).await?.into_inner();
+        tracing::info!(model = %info.name, version = %info.version, "replaying queries over gRPC");
+        let mut lists = Vec::with_capacity(queries.len());
+        for chunk in queries.chunks(500) {
+            let requests = chunk
+                .iter()
+                .map(|q| RankRequest { customer_id: q.customer_id.clone(), basket: q.basket.clone(), k: 20, ..Default::default() })
+                .collect();
+            let resp = client.rank_batch(RankBatchRequest { requests }).await?.into_inner();
+            for r in resp.responses {
+                lists.push((r.items.iter().map(|i| i.item_id.clone()).collect(), Some(r.items.iter().map(|i| i.probability).collect())));
+            }
+        }
+        Ok((info.version, lists))
+    })
+}
+
+/// Facts from the training period that the cross-sell specific metrics need.
+struct Tagger<'a> {
+    log: &'a OrderLog,
+    train_items: HashSet<ItemIx>,
+    bought: HashSet<(u32, ItemIx)>,
+    ix: HashMap<&'a str, ItemIx>,
+    customer_ix: HashMap<&'a str, u32>,
+    has_categories: bool,
+}
+
+impl<'a> Tagger<'a> {
+    fn new(log: &'a OrderLog, train: &[usize]) -> Self {
+        let mut train_items = HashSet::new();
+        let mut bought = HashSet::new();
+        for &o in train {
+            let order = &log.orders[o];
+            for &i in &order.items {
+                train_items.insert(i);
+                if let Some(c) = order.customer {
+                    bought.insert((c, i));
+                }
+            }
+        }
+        Tagger {
+            log,
+            train_items,
+            bought,
+            ix: log.catalog.ids.iter().enumerate().map(|(i, s)| (s.as_str(), i as ItemIx)).collect(),
+            customer_ix: log.customers.iter().enumerate().map(|(i, s)| (s.as_str(), i as u32)).collect(),
+            has_categories: log.catalog.categories.iter().any(Option::is_some),
+        }
+    }
+
+    fn category(&self, id: &str) -> Option<&str> {
+        self.ix.get(id).and_then(|&i| self.log.catalog.categories[i as usize].as_deref())
+    }
+
+    fn tags(&self, q: &Query, ranked: &[String]) -> QueryTags {
+        let novel_target = q.customer_id.as_deref().and_then(|c| self.customer_ix.get(c)).map(|&c| {
+            let t = self.ix[q.target.as_str()];
+            !self.bought.contains(&(c, t))
+        });
+        if !self.has_categories {
+            return QueryTags { novel_target, ..Default::default() };
+        }
+        let basket_cats: HashSet<&str> = q.basket.iter().filter_map(|b| self.category(b)).collect();
+        let cross_category = self.category(&q.target).map(|c| !basket_cats.contains(c));
+        let judged: Vec<bool> = ranked.iter().take(10).filter_map(|r| self.category(r)).map(|c| basket_cats.contains(c)).collect();
+        QueryTags { novel_target, cross_category, same_category_top10: Some((judged.iter().filter(|&&s| s).count(), judged.len())) }
+    }
+}
+
+fn judge(queries: &[Query], lists: &Lists, tags: &Tagger<'_>, n_train_items: usize) -> Metrics {
+    let mut ev = Evaluator::new();
+    for (q, (ranked, probs)) in queries.iter().zip(lists) {
+        // the protocol removes basket items before scoring (ours never returns them anyway)
+        let ranked: Vec<String> = ranked.iter().filter(|r| !q.basket.contains(r)).cloned().collect();
+        ev.add(&ranked, probs.as_deref(), &q.target, tags.tags(q, &ranked));
+    }
+    ev.finish(n_train_items)
+}
+
+fn print_table(dataset: &str, split: &xsell_core::protocol::Split, n: usize, systems: &[(String, Metrics, f64)], train_seconds: Option<f64>) {
+    println!("\n{dataset}: {} train orders, {} test orders, {n} queries", split.train.len(), split.test.len());
+    if let Some(t) = train_seconds {
+        println!("xsell training time: {t:.1}s");
+    }
+    let opt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+    println!(
+        "{:<13} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9} {:>7} {:>8}",
+        "system", "hit@5", "hit@10", "hit@20", "mrr@20", "ndcg@10", "cov@10", "novel@10", "cross@10", "samecat", "ece", "rank s"
+    );
+    for (name, m, secs) in systems {
+        println!(
+            "{:<13} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>9} {:>9} {:>9} {:>7} {:>8.2}",
+            name,
+            m.hit5,
+            m.hit10,
+            m.hit20,
+            m.mrr20,
+            m.ndcg10,
+            m.coverage10,
+            opt(m.novel_hit10),
+            opt(m.cross_category_hit10),
+            opt(m.same_category_share10),
+            opt(m.ece),
+            secs
+        );
+    }
+}
+
+/// A reliability diagram: mean predicted probability against observed rate per bin.
+fn reliability_svg(m: &Metrics) -> String {
+    let (w, h, pad) = (420.0, 420.0, 40.0);
+    let max_p = m.calibration.iter().filter(|b| b.count > 0).map(|b| b.mean_predicted.max(b.observed)).fold(0.05f64, f64::max).min(1.0);
+    let sx = |v: f64| pad + v / max_p * (w - 2.0 * pad);
+    let sy = |v: f64| h - pad - v / max_p * (h - 2.0 * pad);
+    let mut s = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#);
+    s += &format!(r#"<rect width="{w}" height="{h}" fill="white"/><line x1="{}" y1="{}" x2="{}" y2="{}" stroke="gray" stroke-dasharray="4"/>"#, sx(0.0), sy(0.0), sx(max_p), sy(max_p));
+    s += &format!(r#"<line x1="{pad}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{}" stroke="black"/>"#, h - pad, w - pad, h - pad, h - pad);
+    let pts: Vec<String> = m.calibration.iter().filter(|b| b.count > 0).map(|b| format!("{:.1},{:.1}", sx(b.mean_predicted), sy(b.observed))).collect();
+    s += &format!(r#"<polyline points="{}" fill="none" stroke="steelblue" stroke-width="2"/>"#, pts.join(" "));
+    for b in m.calibration.iter().filter(|b| b.count > 0) {
+        s += &format!(r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="steelblue"><title>n={}</title></circle>"#, sx(b.mean_predicted), sy(b.observed), b.count);
+    }
+    s += &format!(r#"<text x="{}" y="{}" text-anchor="middle">mean predicted probability (0 to {max_p:.2})</text>"#, w / 2.0, h - 10.0);
+    s += &format!(r#"<text x="12" y="{}" transform="rotate(-90 12 {})" text-anchor="middle">observed rate</text>"#, h / 2.0, h / 2.0);
+    s += &format!(r#"<text x="{}" y="20" text-anchor="middle">reliability, top-10 offers, ECE = {}</text></svg>"#, w / 2.0, m.ece.map(|e| format!("{e:.4}")).unwrap_or_default());
+    s
+}

@@ -1,0 +1,160 @@
+//! `xsell train`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use sha2::{Digest, Sha256};
+use xsell_data::ColumnMap;
+use xsell_train::TrainConfig;
+
+use crate::progress::Bars;
+
+/// The sample order log the no-argument run trains on (generated when missing).
+pub const SAMPLE: &str = "data/sample_orders.parquet";
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Order log: a parquet file, a directory of them (hive partitions welcome) or a glob.
+    #[arg(long, default_value = SAMPLE)]
+    pub orders: String,
+    #[command(flatten)]
+    pub common: CommonTrain,
+    /// Root directory of model bundles.
+    #[arg(long, default_value = "models")]
+    pub models: PathBuf,
+    /// Model name (a directory under --models).
+    #[arg(long, default_value = "default")]
+    pub name: String,
+}
+
+/// Input and hyperparameter flags shared by `train`, `eval` and `bench`.
+#[derive(Debug, Args, Default, Clone)]
+pub struct CommonTrain {
+    /// Read a canonical column from another name: `--column order_id=InvoiceNo` (repeatable).
+    #[arg(long = "column", value_name = "CANONICAL=NAME")]
+    pub columns: Vec<String>,
+    /// Hyperparameters as JSON (any subset of the keys; the rest keep their defaults).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Random seed (overrides --config).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Embedding dimension (overrides --config).
+    #[arg(long)]
+    pub dim: Option<usize>,
+}
+
+impl CommonTrain {
+    pub fn train_config(&self) -> anyhow::Result<TrainConfig> {
+        let mut cfg = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                serde_json::from_str(&text).with_context(|| format!("{}: not a valid hyperparameter file", p.display()))?
+            }
+            None => TrainConfig::default(),
+        };
+        if let Some(s) = self.seed {
+            cfg.seed = s;
+        }
+        if let Some(d) = self.dim {
+            cfg.dim = d;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn column_map(&self) -> anyhow::Result<ColumnMap> {
+        ColumnMap::parse_pairs(&self.columns).map_err(anyhow::Error::msg)
+    }
+}
+
+/// Reads a log with a spinner and returns it with the input's sha256.
+pub fn read_input(spec: &str, columns: &ColumnMap) -> anyhow::Result<(xsell_core::OrderLog, String)> {
+    if spec == SAMPLE && !Path::new(SAMPLE).exists() {
+        let (lines, _) = xsell_data::generate::generate(&Default::default());
+        xsell_data::write_lines(Path::new(SAMPLE), &lines)?;
+        tracing::info!(path = SAMPLE, lines = lines.len(), "generated the sample order log");
+    }
+    let files = xsell_data::list_inputs(spec)?;
+    let mut hasher = Sha256::new();
+    for f in &files {
+        let mut file = std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf).with_context(|| format!("reading {}", f.display()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+    }
+    let sha = format!("{:x}", hasher.finalize());
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message("reading order lines");
+    let log = xsell_data::read_log_with(spec, columns, &mut |n| bar.set_message(format!("read {n} order lines")))?;
+    bar.finish_and_clear();
+    tracing::info!(
+        files = files.len(),
+        lines = log.lines_read,
+        orders = log.orders.len(),
+        items = log.catalog.len(),
+        customers = log.customers.len(),
+        returns = log.returns.len(),
+        "order log read"
+    );
+    Ok((log, sha))
+}
+
+pub fn manifest(name: &str, source: &str, sha: &str, log: &xsell_core::OrderLog, cfg: &TrainConfig, fitted: &xsell_train::Fitted) -> xsell_model::Manifest {
+    xsell_model::Manifest {
+        format_version: xsell_model::FORMAT_VERSION,
+        name: name.into(),
+        version: String::new(),
+        created_at: xsell_model::now_rfc3339(),
+        xsell_version: env!("CARGO_PKG_VERSION").into(),
+        hyperparameters: serde_json::to_value(cfg).unwrap_or_default(),
+        input: xsell_model::InputInfo { source: source.into(), sha256: sha.into(), lines: log.lines_read, orders: fitted.report.orders as u64 },
+        metrics: serde_json::to_value(&fitted.report).unwrap_or_default(),
+        features: Vec::new(),
+        ranker: fitted.parts.ranker.clone(),
+        policy: fitted.parts.policy,
+        n_items: 0,
+        n_customers: 0,
+        dim: 0,
+        n_orders: 0.0,
+    }
+}
+
+pub fn run(a: TrainArgs) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let cfg = a.common.train_config()?;
+    let (log, sha) = read_input(&a.orders, &a.common.column_map()?)?;
+    let read_secs = start.elapsed().as_secs_f64();
+    let orders = xsell_core::protocol::chronological(&log);
+    let fitted = xsell_train::train(&log, &orders, None, &cfg, &mut Bars::default())?;
+    let dir = a.models.join(&a.name);
+    let path = xsell_model::save(&dir, manifest(&a.name, &a.orders, &sha, &log, &cfg, &fitted), &fitted.parts)
+        .with_context(|| format!("writing the bundle under {}", dir.display()))?;
+    print_summary(&fitted.report, read_secs, start.elapsed().as_secs_f64());
+    println!("model bundle: {}", path.display());
+    Ok(())
+}
+
+pub fn print_summary(r: &xsell_train::TrainReport, read_secs: f64, total_secs: f64) {
+    println!("trained on {} orders: {} items, {} customers", r.orders, r.items, r.customers);
+    print!("phases: read {read_secs:.1}s");
+    for p in &r.phases {
+        print!(", {} {:.1}s", p.phase, p.seconds);
+    }
+    println!(" (total {total_secs:.1}s)");
+    if r.validation.queries > 0 {
+        println!("validation on {} held-out queries (newest training orders):", r.validation.queries);
+        println!("  {:<14} {:>8} {:>8}", "system", "hit@10", "mrr@20");
+        for (name, hit, mrr) in &r.validation.systems {
+            println!("  {name:<14} {hit:>8.4} {mrr:>8.4}");
+        }
+    }
+}
