@@ -47,10 +47,10 @@ struct GenerateArgs {
     #[arg(long, default_value_t = 7)]
     seed: u64,
     /// Purchase orders.
-    #[arg(long, default_value_t = 6000)]
+    #[arg(long, default_value_t = 10_000)]
     orders: usize,
     /// Registered customers.
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 500)]
     customers: usize,
 }
 

@@ -1,1 +1,212 @@
+use ndarray::Array2;
 
+use crate::metrics::{Evaluator, QueryTags};
+use crate::model::{CustomerTable, ItemTable, ModelParts, N_FEATURES, Policy, Ranker};
+use crate::protocol::{ProtocolConfig, draw_queries, time_split};
+use crate::*;
+
+fn line<'a>(order: &'a str, customer: Option<&'a str>, item: &'a str, qty: i64, ts: Option<i64>, ret: bool) -> LogLine<'a> {
+    LogLine { order_id: Some(order), customer_id: customer, item_id: Some(item), quantity: qty, ts, is_return: ret, ..Default::default() }
+}
+
+fn log_of(orders: &[(&str, Option<&str>, &[&str], Option<i64>)]) -> OrderLog {
+    let mut b = LogBuilder::new();
+    for &(o, c, items, ts) in orders {
+        for it in items {
+            b.push(line(o, c, it, 1, ts, false));
+        }
+    }
+    b.finish().unwrap()
+}
+
+#[test]
+fn cleaning_and_collapsing_follow_the_protocol() {
+    let mut b = LogBuilder::new();
+    b.push(line("1", Some("c1"), "a", 1, Some(20), false));
+    b.push(line("1", Some("c2"), "b", 2, Some(10), false)); // customer of the first line wins
+    b.push(line("1", Some("c1"), "a", 1, Some(30), false)); // duplicate item collapses
+    b.push(line("C2", Some("c1"), "a", -1, Some(40), true)); // return
+    b.push(line("3", Some("c1"), "c", -5, Some(50), false)); // negative quantity = return signal
+    b.push(LogLine { order_id: None, item_id: Some("z"), quantity: 1, ..Default::default() });
+    let log = b.finish().unwrap();
+    assert_eq!(log.orders.len(), 1);
+    let o = &log.orders[0];
+    assert_eq!(o.items.len(), 2);
+    assert_eq!(o.ts, Some(10), "an order's time is its earliest line's");
+    assert_eq!(log.customers[o.customer.unwrap() as usize], "c1");
+    assert_eq!(log.returns.len(), 2);
+    assert_eq!((log.lines_read, log.lines_dropped), (6, 1));
+}
+
+#[test]
+fn an_empty_log_is_an_error() {
+    let mut b = LogBuilder::new();
+    b.push(line("1", None, "a", -1, None, true));
+    assert_eq!(b.finish().unwrap_err(), Error::EmptyLog);
+}
+
+#[test]
+fn time_split_sorts_by_time_then_numeric_id() {
+    let log = log_of(&[
+        ("10", None, &["a", "b"], Some(5)),
+        ("9", None, &["a", "b"], Some(5)),
+        ("100", None, &["a"], None),
+        ("2", None, &["a", "c"], Some(7)),
+    ]);
+    let split = time_split(&log, 0.5);
+    let ids = |v: &[usize]| v.iter().map(|&o| log.orders[o].id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&split.train), ["100", "9"], "untimed orders first; 9 < 10 as integers");
+    assert_eq!(ids(&split.test), ["10", "2"]);
+    assert_eq!(split.cutoff_ts, Some(5));
+}
+
+#[test]
+fn queries_are_eligible_deterministic_and_capped() {
+    let mut orders: Vec<(String, Vec<&str>)> = (0..50).map(|k| (k.to_string(), vec!["a", "b", "c"])).collect();
+    orders.push(("50".into(), vec!["a", "new"])); // target could be unseen: not eligible
+    orders.push(("51".into(), vec!["a"])); // single item: not eligible
+    let mut b = LogBuilder::new();
+    for (k, (o, items)) in orders.iter().enumerate() {
+        for it in items {
+            b.push(line(o, Some("c"), it, 1, Some(k as i64), false));
+        }
+    }
+    let log = b.finish().unwrap();
+    let split = time_split(&log, 0.2);
+    let cfg = ProtocolConfig { max_queries: 5, ..Default::default() };
+    let q = draw_queries(&log, &split, &cfg);
+    assert_eq!(q.len(), 5);
+    assert_eq!(q, draw_queries(&log, &split, &cfg), "same seed, same queries");
+    for query in &q {
+        assert_eq!(query.basket.len(), 2);
+        assert!(!query.basket.contains(&query.target));
+    }
+}
+
+#[test]
+fn metrics_on_a_hand_example() {
+    let mut ev = Evaluator::new();
+    let ranked: Vec<String> = (0..20).map(|k| k.to_string()).collect();
+    ev.add(&ranked, Some(&[0.9; 20]), "0", QueryTags::default()); // rank 1
+    ev.add(&ranked, Some(&[0.1; 20]), "9", QueryTags::default()); // rank 10
+    ev.add(&ranked, None, "x", QueryTags::default()); // miss
+    let m = ev.finish(40);
+    assert_eq!(m.queries, 3);
+    assert!((m.hit5 - 1.0 / 3.0).abs() < 1e-12);
+    assert!((m.hit10 - 2.0 / 3.0).abs() < 1e-12);
+    assert!((m.mrr20 - (1.0 + 0.1) / 3.0).abs() < 1e-12);
+    assert!((m.ndcg10 - (1.0 + 1.0 / 11f64.log2()) / 3.0).abs() < 1e-12);
+    assert!((m.coverage10 - 10.0 / 40.0).abs() < 1e-12);
+    // bin 9: ten predictions at 0.9, one hit; bin 1: ten at 0.1, one hit
+    let ece = m.ece.unwrap();
+    assert!((ece - 0.5 * (0.9 - 0.1) - 0.5 * 0.0).abs() < 1e-6, "ece {ece}");
+}
+
+/// A 4-item model: a camera (0), its card (1), another camera (2), a popular cable (3).
+fn tiny_model() -> CrossSellModel {
+    let items = ItemTable {
+        ids: ["cam1", "card", "cam2", "cable"].map(String::from).to_vec(),
+        names: vec![Some("Camera 1".into()), Some("Card".into()), None, None],
+        categories: vec![Some("cameras".into()), Some("cards".into()), Some("cameras".into()), Some("cables".into())],
+        prices: vec![300.0, 20.0, 350.0, 5.0],
+        orders: vec![40.0, 30.0, 40.0, 60.0],
+        return_rate: vec![0.0; 4],
+    };
+    let pairs = Csr::from_rows([vec![(1, 25.0), (3, 5.0)], vec![(0, 25.0)], vec![(3, 2.0)], vec![(0, 5.0), (2, 2.0)]]);
+    let customers = CustomerTable { ids: vec!["loyal".into(), "returner".into()], orders: vec![5.0, 20.0], return_rate: vec![0.0, 0.8] };
+    let history = Csr::from_rows([vec![(3, 4.0)], vec![(1, 1.0)]]);
+    let parts = ModelParts {
+        items,
+        customers,
+        customer_lines: vec![10.0, 40.0],
+        pairs,
+        history,
+        emb_in: Array2::from_shape_fn((4, 2), |(i, d)| (i + d) as f32 * 0.1),
+        emb_out: Array2::from_shape_fn((4, 2), |(i, d)| (i * d) as f32 * 0.1),
+        n_orders: 100.0,
+        ranker: Ranker { mean: vec![0.0; N_FEATURES], scale: vec![1.0; N_FEATURES], weights: vec![4.0, 1.0, 0.0, 0.0, 0.0, 0.5, 1.0, 0.0, 0.0], bias: 0.0, calib_a: 1.0, calib_b: -2.0 },
+        policy: Policy::default(),
+    };
+    CrossSellModel::new(parts).unwrap()
+}
+
+fn ids(m: &CrossSellModel, r: &Ranking) -> Vec<String> {
+    r.items.iter().map(|i| m.parts().items.ids[i.item as usize].clone()).collect()
+}
+
+fn q(basket: &[&str], k: usize) -> RankQuery {
+    RankQuery { basket: basket.iter().map(|s| s.to_string()).collect(), k, ..Default::default() }
+}
+
+#[test]
+fn ranking_offers_complements_not_basket_items_nor_substitutes() {
+    let m = tiny_model();
+    let r = m.rank(&q(&["cam1"], 3)).unwrap();
+    let got = ids(&m, &r);
+    assert_eq!(got[0], "card");
+    assert!(!got.contains(&"cam1".to_string()), "basket items are never offered");
+    assert!(!got.contains(&"cam2".to_string()), "a substitute camera is not a cross-sell");
+    assert_eq!(m.explain(r.items[0].reason).1, "often bought with Camera 1");
+    let with_subs = m.rank(&RankQuery { allow_substitutes: true, ..q(&["cam1"], 3) }).unwrap();
+    assert!(ids(&m, &with_subs).contains(&"cam2".to_string()));
+    let probs: Vec<f32> = r.items.iter().map(|i| i.probability).collect();
+    assert!(probs.windows(2).all(|w| w[0] >= w[1]) && probs.iter().all(|p| (0.0..=1.0).contains(p)));
+}
+
+#[test]
+fn ranking_applies_filters_thresholds_and_cold_start() {
+    let m = tiny_model();
+    let r = m.rank(&RankQuery { allow: vec!["cable".into()], ..q(&["cam1"], 3) }).unwrap();
+    assert_eq!(ids(&m, &r), ["cable"]);
+    let r = m.rank(&RankQuery { min_probability: 0.99, ..q(&["cam1"], 3) }).unwrap();
+    assert!(r.items.is_empty(), "nothing is good enough: no offer");
+    let r = m.rank(&RankQuery { customer_id: Some("stranger".into()), ..q(&["unknown-item"], 2) }).unwrap();
+    assert!(!r.customer_known);
+    assert_eq!(r.unknown_items, ["unknown-item"]);
+    assert_eq!(r.items.len(), 2, "cold start still gets offers");
+    let r = m.rank(&RankQuery { touchpoint: Touchpoint::Checkout, ..q(&["card"], 10) }).unwrap();
+    assert!(r.items.len() <= 3 && ids(&m, &r).iter().all(|i| i == "cable"), "checkout offers are cheap: {:?}", ids(&m, &r));
+    let r = m.rank(&RankQuery { customer_id: Some("returner".into()), ..q(&["cam1"], 3) }).unwrap();
+    assert!(r.items.is_empty() && r.suppressed.is_some(), "habitual returners get no push");
+    let r = m.rank(&RankQuery { customer_id: Some("loyal".into()), ..q(&["card"], 3) }).unwrap();
+    assert!(r.customer_known);
+}
+
+#[test]
+fn bad_requests_are_refused_with_a_reason() {
+    let m = tiny_model();
+    let err = |q: RankQuery| m.rank(&q).unwrap_err().to_string();
+    assert!(err(q(&["cam1"], 0)).contains("k"));
+    assert!(err(q(&["cam1"], 5000)).contains("between 1 and 1000"));
+    assert!(err(q(&[""], 3)).contains("empty"));
+    let big: Vec<String> = (0..600).map(|k| k.to_string()).collect();
+    assert!(err(RankQuery { basket: big, k: 3, ..Default::default() }).contains("at most 512"));
+}
+
+#[test]
+fn inconsistent_parts_are_refused() {
+    let mut parts = tiny_model().parts().clone();
+    parts.pairs.indices[0] = 99;
+    assert!(matches!(CrossSellModel::new(parts), Err(Error::Inconsistent(_))));
+}
+
+#[test]
+fn aggregates_count_orders_pairs_and_returns() {
+    let mut b = LogBuilder::new();
+    for (o, c, items, ts) in [("1", "x", vec!["a", "b"], 1), ("2", "x", vec!["a", "b", "c"], 2), ("3", "y", vec!["c"], 3)] {
+        for it in items {
+            b.push(line(o, Some(c), it, 1, Some(ts), false));
+        }
+    }
+    b.push(line("C9", Some("y"), "c", -1, Some(2), true));
+    b.push(line("C10", Some("y"), "c", -1, Some(9), true)); // after the cutoff
+    let log = b.finish().unwrap();
+    let all: Vec<usize> = (0..log.orders.len()).collect();
+    let agg = Aggregates::compute(&log, &all, Some(5), &Default::default());
+    assert_eq!(agg.item_orders, vec![2.0, 2.0, 2.0]);
+    assert_eq!(agg.pairs.get(0, 1), 2.0);
+    assert_eq!(agg.pairs.get(0, 2), 1.0);
+    assert_eq!(agg.item_returns[2], 1.0, "returns after the cutoff are not seen");
+    assert!((agg.customer_return_rate(1) - 0.5).abs() < 1e-6);
+    assert_eq!(agg.history.get(0, 0), 2.0);
+}

@@ -34,7 +34,7 @@ pub struct GenerateConfig {
 
 impl Default for GenerateConfig {
     fn default() -> Self {
-        GenerateConfig { seed: 7, customers: 400, orders: 6000, items_per_category: 8, guest_share: 0.1, returner_share: 0.08 }
+        GenerateConfig { seed: 7, customers: 500, orders: 10_000, items_per_category: 8, guest_share: 0.1, returner_share: 0.08 }
     }
 }
 
@@ -51,7 +51,8 @@ const FAMILIES: [(&str, &str, [&str; 3]); 6] = [
 /// What the generator put into the log.
 #[derive(Debug, Clone, Default)]
 pub struct GroundTruth {
-    /// Primary item id → its specific compatible accessories.
+    /// Primary item id → its specific compatible accessories (the consumable one is what guests
+    /// buy; registered customers buy their own brand of it).
     pub complements: HashMap<String, Vec<String>>,
     /// Category of every item id.
     pub category: HashMap<String, String>,
@@ -122,6 +123,8 @@ pub fn generate(cfg: &GenerateConfig) -> (Vec<RawLine>, GroundTruth) {
         id: String,
         families: Vec<usize>,
         owned: Vec<usize>,
+        /// favourite item ("brand") of each family's consumable category
+        brand: Vec<usize>,
         returner: bool,
     }
     let mut customers: Vec<Customer> = (0..cfg.customers)
@@ -138,7 +141,8 @@ pub fn generate(cfg: &GenerateConfig) -> (Vec<RawLine>, GroundTruth) {
             if returner {
                 truth.returners.push(id.clone());
             }
-            Customer { id, families: chosen, owned: Vec::new(), returner }
+            let brand = cats.iter().map(|fam| fam[3][rng.random_range(0..fam[3].len())]).collect();
+            Customer { id, families: chosen, owned: Vec::new(), brand, returner }
         })
         .collect();
     let mut lines = Vec::new();
@@ -157,12 +161,17 @@ pub fn generate(cfg: &GenerateConfig) -> (Vec<RawLine>, GroundTruth) {
         let mut basket: Vec<usize> = Vec::new();
         let owned_primary = cix.and_then(|c| customers[c].owned.iter().copied().find(|p| fam[0].contains(p)));
         match owned_primary {
-            // a customer who owns the primary re-buys its consumable and accessories
+            // a customer who owns the primary re-buys their own brand of consumable, with an
+            // accessory of the primary, and often another family's consumable too
             Some(p) if rng.random_bool(0.6) => {
-                let comp = &complement[&p];
-                basket.push(comp[2]);
-                if rng.random_bool(0.5) {
-                    basket.push(comp[rng.random_range(0..2)]);
+                let c = &customers[cix.expect("owner is a customer")];
+                basket.push(c.brand[family]);
+                if rng.random_bool(0.6) {
+                    basket.push(complement[&p][rng.random_range(0..2)]);
+                }
+                let other = *c.families.choose(&mut rng).expect("one family at least");
+                if other != family && rng.random_bool(0.5) {
+                    basket.push(c.brand[other]);
                 }
             }
             _ => {
@@ -171,7 +180,11 @@ pub fn generate(cfg: &GenerateConfig) -> (Vec<RawLine>, GroundTruth) {
                 let comp = &complement[&p];
                 for (a, &acc) in comp.iter().enumerate() {
                     if rng.random_bool([0.7, 0.5, 0.4][a]) {
-                        basket.push(acc);
+                        // registered customers take their own brand of the consumable
+                        basket.push(match cix {
+                            Some(c) if a == 2 => customers[c].brand[family],
+                            _ => acc,
+                        });
                     }
                 }
                 if rng.random_bool(0.03) {

@@ -18,3 +18,6 @@ mod write;
 pub use error::{DataError, Result};
 pub use read::{ColumnMap, Field, list_inputs, read_log, read_log_with};
 pub use write::{RawLine, write_lines};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,116 @@
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field as AField, Schema};
+
+use crate::generate::{GenerateConfig, generate};
+use crate::write::write_batch;
+use crate::*;
+
+fn sample(n_orders: usize) -> Vec<RawLine> {
+    generate(&GenerateConfig { orders: n_orders, customers: 30, ..Default::default() }).0
+}
+
+#[test]
+fn generated_logs_round_trip_through_parquet() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("orders.parquet");
+    let lines = sample(200);
+    write_lines(&path, &lines).unwrap();
+    let log = read_log(path.to_str().unwrap()).unwrap();
+    assert_eq!(log.lines_read as usize, lines.len());
+    assert_eq!(log.orders.len(), 200);
+    assert_eq!(log.returns.len(), lines.iter().filter(|l| l.is_return).count());
+    assert!(log.has_time);
+    assert!(log.catalog.categories.iter().all(Option::is_some));
+    assert_eq!(sample(200), lines, "the generator is deterministic for a seed");
+}
+
+#[test]
+fn directories_hive_partitions_and_globs_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = sample(100);
+    let (a, b) = lines.split_at(lines.len() / 2);
+    write_lines(&dir.path().join("dt=2024-01-01/part-0.parquet"), a).unwrap();
+    write_lines(&dir.path().join("dt=2024-01-02/part-0.parquet"), b).unwrap();
+    std::fs::write(dir.path().join("_SUCCESS"), "").unwrap();
+    let whole = read_log(dir.path().to_str().unwrap()).unwrap();
+    assert_eq!(whole.lines_read as usize, lines.len());
+    let pattern = format!("{}/dt=*/*.parquet", dir.path().display());
+    assert_eq!(read_log(&pattern).unwrap().lines_read as usize, lines.len());
+}
+
+fn renamed_file(dir: &Path) -> std::path::PathBuf {
+    let schema = Schema::new(vec![
+        AField::new("InvoiceNo", DataType::Int64, false),
+        AField::new("StockCode", DataType::Utf8, false),
+        AField::new("Quantity", DataType::Int64, false),
+        AField::new("Price", DataType::Float64, true),
+    ]);
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(vec![1, 1, 2, 3])),
+        Arc::new(StringArray::from(vec!["a", "b", "a", "b"])),
+        Arc::new(Int64Array::from(vec![1, 2, 1, -1])),
+        Arc::new(Float64Array::from(vec![Some(1.0), None, Some(1.5), Some(2.0)])),
+    ];
+    let path = dir.join("retail.parquet");
+    write_batch(&path, &RecordBatch::try_new(Arc::new(schema), cols).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn columns_can_be_renamed_and_optional_ones_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = renamed_file(dir.path());
+    let map = ColumnMap::parse_pairs(&["order_id=InvoiceNo", "item_id=StockCode", "quantity=Quantity", "unit_price=Price"]).unwrap();
+    let log = read_log_with(path.to_str().unwrap(), &map, &mut |_| {}).unwrap();
+    assert_eq!(log.orders.len(), 2, "integer order ids are read as ids");
+    assert_eq!(log.returns.len(), 1, "negative quantity is a return signal");
+    assert!(!log.has_time);
+    assert!(ColumnMap::parse_pairs(&["nonsense=X"]).unwrap_err().contains("unknown column"));
+}
+
+#[test]
+fn schema_errors_name_the_file_the_column_and_the_expectation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = renamed_file(dir.path());
+    let spec = path.to_str().unwrap();
+    let msg = read_log(spec).unwrap_err().to_string();
+    assert!(msg.contains("retail.parquet") && msg.contains("'order_id'") && msg.contains("InvoiceNo"), "{msg}");
+
+    let map = ColumnMap::parse_pairs(&["order_id=InvoiceNo", "item_id=StockCode", "is_return=Price"]).unwrap();
+    let msg = read_log_with(spec, &map, &mut |_| {}).unwrap_err().to_string();
+    assert!(msg.contains("retail.parquet") && msg.contains("'Price'") && msg.contains("expected a boolean"), "{msg}");
+
+    let map = ColumnMap::parse_pairs(&["order_id=InvoiceNo", "item_id=StockCode", "quantity=StockCode"]).unwrap();
+    let msg = read_log_with(spec, &map, &mut |_| {}).unwrap_err().to_string();
+    assert!(msg.contains("'StockCode'") && msg.contains("quantity"), "{msg}");
+}
+
+#[test]
+fn unreadable_missing_and_empty_inputs_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.parquet");
+    std::fs::write(&junk, b"this is not parquet").unwrap();
+    let msg = read_log(junk.to_str().unwrap()).unwrap_err().to_string();
+    assert!(msg.contains("junk.parquet") && msg.contains("not a readable parquet file"), "{msg}");
+
+    let msg = read_log(dir.path().join("nope.parquet").to_str().unwrap()).unwrap_err().to_string();
+    assert!(msg.contains("nope.parquet") && msg.contains("no such file"), "{msg}");
+
+    let empty_dir = tempfile::tempdir().unwrap();
+    assert!(matches!(read_log(empty_dir.path().to_str().unwrap()), Err(DataError::NoInput { .. })));
+
+    let only_returns: Vec<RawLine> = sample(20).into_iter().filter(|l| l.is_return).chain([RawLine {
+        order_id: "C1".into(),
+        item_id: "x".into(),
+        quantity: -1,
+        is_return: true,
+        ..Default::default()
+    }]).collect();
+    let path = dir.path().join("returns.parquet");
+    write_lines(&path, &only_returns).unwrap();
+    let msg = read_log(path.to_str().unwrap()).unwrap_err().to_string();
+    assert!(msg.contains("returns.parquet") && msg.contains("no purchase"), "{msg}");
+}
