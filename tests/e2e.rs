@@ -1,1 +1,278 @@
-fn main(){}
+//! End to end: generate → train → bundle → gRPC server on 127.0.0.1:0 → real client.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::Code;
+use tonic::transport::Channel;
+use xsell_core::baseline::{Cooccurrence, Popularity, Recommender};
+use xsell_core::protocol::{ProtocolConfig, Query, draw_queries, time_split};
+use xsell_core::{ItemIx, OrderLog};
+use xsell_data::generate::{GenerateConfig, GroundTruth, generate};
+use xsell_proto::v1::cross_sell_client::CrossSellClient;
+use xsell_proto::v1::{ModelInfoRequest, RankBatchRequest, RankRequest};
+use xsell_server::{ModelStore, ReloadOutcome};
+use xsell_train::{NoProgress, TrainConfig};
+
+struct World {
+    _dir: tempfile::TempDir,
+    log: OrderLog,
+    truth: GroundTruth,
+    queries: Vec<Query>,
+    fitted: xsell_train::Fitted,
+    model_dir: PathBuf,
+}
+
+fn manifest(fitted: &xsell_train::Fitted) -> xsell_model::Manifest {
+    xsell_model::Manifest {
+        format_version: xsell_model::FORMAT_VERSION,
+        name: "test".into(),
+        version: String::new(),
+        created_at: xsell_model::now_rfc3339(),
+        xsell_version: "test".into(),
+        hyperparameters: serde_json::Value::Null,
+        input: Default::default(),
+        metrics: serde_json::to_value(&fitted.report).unwrap(),
+        features: vec![],
+        ranker: fitted.parts.ranker.clone(),
+        policy: fitted.parts.policy,
+        n_items: 0,
+        n_customers: 0,
+        dim: 0,
+        n_orders: 0.0,
+    }
+}
+
+fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let (lines, truth) = generate(&GenerateConfig { orders: 5000, customers: 300, ..Default::default() });
+    let path = dir.path().join("orders.parquet");
+    xsell_data::write_lines(&path, &lines).unwrap();
+    let log = xsell_data::read_log(path.to_str().unwrap()).unwrap();
+    let split = time_split(&log, 0.1);
+    let queries = draw_queries(&log, &split, &ProtocolConfig::default());
+    let cfg = TrainConfig { max_steps: 400, ..Default::default() };
+    let fitted = xsell_train::train(&log, &split.train, split.cutoff_ts, &cfg, &mut NoProgress).unwrap();
+    let model_dir = dir.path().join("models/test");
+    xsell_model::save(&model_dir, manifest(&fitted), &fitted.parts).unwrap();
+    World { _dir: dir, log, truth, queries, fitted, model_dir }
+}
+
+async fn start(
+    model_dir: &Path,
+    reload: Duration,
+) -> (String, Arc<ModelStore>, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let cfg = xsell_server::ServeConfig { addr: "127.0.0.1:0".parse().unwrap(), model_dir: model_dir.into(), reload_interval: reload };
+    let (listener, store) = xsell_server::bind(&cfg).await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let s = store.clone();
+    let handle = tokio::spawn(async move {
+        xsell_server::serve_on(listener, s, reload, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    (url, store, tx, handle)
+}
+
+async fn client(url: &str) -> CrossSellClient<Channel> {
+    for _ in 0..50 {
+        if let Ok(ch) = Channel::from_shared(url.to_owned()).unwrap().connect().await {
+            return CrossSellClient::new(ch);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server at {url} did not come up");
+}
+
+fn request(q: &Query, k: u32) -> RankRequest {
+    RankRequest { customer_id: q.customer_id.clone(), basket: q.basket.clone(), k, ..Default::default() }
+}
+
+fn hit_rate(queries: &[Query], lists: &[Vec<String>], k: usize) -> f64 {
+    let hits = queries.iter().zip(lists).filter(|(q, l)| l.iter().take(k).any(|i| *i == q.target)).count();
+    hits as f64 / queries.len() as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_ranking_beats_the_baselines_and_recovers_complements() {
+    let w = world();
+    assert!(w.queries.len() > 100, "{} queries", w.queries.len());
+    let (url, _store, stop, handle) = start(&w.model_dir, Duration::ZERO).await;
+    let mut c = client(&url).await;
+
+    let requests = w.queries.iter().map(|q| request(q, 10)).collect();
+    let resp = c.rank_batch(RankBatchRequest { requests }).await.unwrap().into_inner();
+    let ours: Vec<Vec<String>> = resp.responses.iter().map(|r| r.items.iter().map(|i| i.item_id.clone()).collect()).collect();
+    for (q, r) in w.queries.iter().zip(&resp.responses) {
+        assert!(r.items.iter().all(|i| !q.basket.contains(&i.item_id)), "a basket item was offered");
+        assert!(r.items.iter().all(|i| (0.0..=1.0).contains(&i.probability)));
+    }
+    let ix = |s: &str| w.log.catalog.ids.iter().position(|x| x == s).unwrap() as ItemIx;
+    let agg = &w.fitted.aggregates;
+    let baseline = |rec: &dyn Recommender| -> Vec<Vec<String>> {
+        w.queries
+            .iter()
+            .map(|q| {
+                let basket: Vec<ItemIx> = q.basket.iter().map(|s| ix(s)).collect();
+                rec.recommend(None, &basket, 10).into_iter().map(|i| w.log.catalog.ids[i as usize].clone()).collect()
+            })
+            .collect()
+    };
+    let (h_model, h_cooc, h_pop) = (
+        hit_rate(&w.queries, &ours, 10),
+        hit_rate(&w.queries, &baseline(&Cooccurrence(agg)), 10),
+        hit_rate(&w.queries, &baseline(&Popularity(agg)), 10),
+    );
+    assert!(h_model > h_cooc + 0.04, "model hit@10 {h_model:.3} vs co-occurrence {h_cooc:.3}");
+    assert!(h_model > h_pop + 0.3, "model hit@10 {h_model:.3} vs popularity {h_pop:.3}");
+
+    // ground truth: a lone primary item gets its specific compatible accessory near the top,
+    // and never one of its substitutes
+    let mut recovered = 0;
+    let primaries: Vec<&String> = w.truth.complements.keys().filter(|p| w.log.catalog.ids.contains(p)).collect();
+    for p in &primaries {
+        let r = c.rank(RankRequest { basket: vec![(*p).clone()], k: 5, ..Default::default() }).await.unwrap().into_inner();
+        let got: Vec<&str> = r.items.iter().map(|i| i.item_id.as_str()).collect();
+        recovered += usize::from(got.iter().take(3).any(|g| w.truth.complements[*p][..2].iter().any(|c| c == g)));
+        assert!(got.iter().all(|g| w.truth.category[*g] != w.truth.category[p.as_str()]), "substitute offered for {p}: {got:?}");
+        assert!(r.items.first().is_some_and(|i| i.reason_item_id == **p && i.reason.starts_with("often bought with")));
+    }
+    assert!(recovered * 10 >= primaries.len() * 9, "complements recovered for {recovered}/{} primaries", primaries.len());
+
+    // habitual returners are not pushed
+    let returner = w.truth.returners.iter().find(|r| w.fitted.parts.customers.ids.contains(r)).unwrap();
+    let r = c
+        .rank(RankRequest { customer_id: Some(returner.clone()), basket: vec![primaries[0].clone()], k: 5, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.items.is_empty() && !r.suppressed_reason.is_empty());
+
+    let info = c.model_info(ModelInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.items as usize, w.fitted.parts.items.ids.len());
+    assert_eq!(resp.responses[0].model_version, info.version);
+
+    // streaming form answers in order
+    let reqs: Vec<RankRequest> = w.queries.iter().take(20).map(|q| request(q, 10)).collect();
+    let mut stream = c.rank_stream(tokio_stream::iter(reqs)).await.unwrap().into_inner();
+    let mut n = 0;
+    while let Some(r) = tokio_stream::StreamExt::next(&mut stream).await {
+        let items: Vec<String> = r.unwrap().items.into_iter().map(|i| i.item_id).collect();
+        assert_eq!(items, ours[n]);
+        n += 1;
+    }
+    assert_eq!(n, 20);
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_invalid_argument_and_health_is_served() {
+    let w = world();
+    let (url, _store, stop, handle) = start(&w.model_dir, Duration::ZERO).await;
+    let mut c = client(&url).await;
+    let item = w.fitted.parts.items.ids[0].clone();
+    let cases = [
+        RankRequest { basket: vec![item.clone()], k: 0, ..Default::default() },
+        RankRequest { basket: vec![item.clone()], k: 1_000_000, ..Default::default() },
+        RankRequest { basket: vec![String::new()], k: 5, ..Default::default() },
+        RankRequest { customer_id: Some(String::new()), basket: vec![item.clone()], k: 5, ..Default::default() },
+        RankRequest { basket: (0..5000).map(|k| k.to_string()).collect(), k: 5, ..Default::default() },
+        RankRequest { basket: vec![item.clone()], k: 5, touchpoint: 99, ..Default::default() },
+        RankRequest { basket: vec![item.clone()], k: 5, min_probability: 2.0, ..Default::default() },
+    ];
+    for req in cases {
+        let status = c.rank(req).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(!status.message().is_empty());
+    }
+    // an unknown customer and unknown items still get an answer
+    let r = c
+        .rank(RankRequest { customer_id: Some("nobody".into()), basket: vec!["no-such-item".into()], k: 3, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.customer_known && r.unknown_items == ["no-such-item"] && r.items.len() == 3);
+
+    let channel = Channel::from_shared(url.clone()).unwrap().connect().await.unwrap();
+    let mut health = tonic_health_client(channel);
+    let status = health.check(tonic_health::pb::HealthCheckRequest { service: "xsell.v1.CrossSell".into() }).await.unwrap().into_inner();
+    assert_eq!(status.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+}
+
+fn tonic_health_client(channel: Channel) -> tonic_health::pb::health_client::HealthClient<Channel> {
+    tonic_health::pb::health_client::HealthClient::new(channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_bundles_are_hot_reloaded_and_broken_ones_refused() {
+    let w = world();
+    let (url, store, stop, handle) = start(&w.model_dir, Duration::from_millis(100)).await;
+    let mut c = client(&url).await;
+    let v1 = c.model_info(ModelInfoRequest {}).await.unwrap().into_inner().version;
+    let q = request(&w.queries[0], 5);
+
+    // keep requests flowing while bundles change under the server: none may fail
+    let url2 = url.clone();
+    let q2 = q.clone();
+    let load = tokio::spawn(async move {
+        let mut c = client(&url2).await;
+        for _ in 0..200 {
+            c.rank(q2.clone()).await.expect("no request fails during a reload");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+
+    // a broken bundle: the latest pointer names a directory with a corrupt tensor file
+    let broken = xsell_model::save(&w.model_dir, manifest(&w.fitted), &w.fitted.parts).unwrap();
+    std::fs::write(broken.join("tensors.safetensors"), b"garbage").unwrap();
+    let bv = broken.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(matches!(store.reload(), ReloadOutcome::Refused { version, .. } if version == bv) || store.current().manifest.version == v1);
+    assert_eq!(c.model_info(ModelInfoRequest {}).await.unwrap().into_inner().version, v1, "the old model keeps serving");
+    assert!(xsell_model::load(&broken).unwrap_err().to_string().contains("tensors.safetensors"));
+
+    // a good bundle is picked up by the poller without a restart
+    tokio::time::sleep(Duration::from_millis(1100)).await; // versions are per-second names
+    let good = xsell_model::save(&w.model_dir, manifest(&w.fitted), &w.fitted.parts).unwrap();
+    let gv = good.file_name().unwrap().to_string_lossy().into_owned();
+    let mut served = String::new();
+    for _ in 0..50 {
+        served = c.model_info(ModelInfoRequest {}).await.unwrap().into_inner().version;
+        if served == gv {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(served, gv);
+    let r = c.rank(q).await.unwrap().into_inner();
+    assert_eq!(r.model_version, gv);
+    load.await.unwrap();
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+}
+
+#[test]
+fn bundles_round_trip_and_refuse_damage() {
+    let w = world();
+    let b = xsell_model::load_latest(&w.model_dir).unwrap();
+    assert_eq!(b.model.parts(), &w.fitted.parts, "a bundle loads back exactly");
+    // a format version from the future
+    let m = b.path.join("manifest.json");
+    let text = std::fs::read_to_string(&m).unwrap().replace("\"format_version\": 1", "\"format_version\": 99");
+    std::fs::write(&m, text).unwrap();
+    let msg = xsell_model::load(&b.path).unwrap_err().to_string();
+    assert!(msg.contains("format version 99"), "{msg}");
+    // a truncated catalog
+    let b2 = xsell_model::save(&w.model_dir, manifest(&w.fitted), &w.fitted.parts).unwrap();
+    std::fs::write(b2.join("catalog.parquet"), b"PAR1").unwrap();
+    let msg = xsell_model::load(&b2).unwrap_err().to_string();
+    assert!(msg.contains("catalog.parquet"), "{msg}");
+    // no temporary directories are left behind
+    assert!(std::fs::read_dir(&w.model_dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".tmp")));
+}

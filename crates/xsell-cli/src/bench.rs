@@ -48,7 +48,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let fitted = xsell_train::train(&log, &chrono, None, &cfg, &mut Bars::default())?;
         let total = start.elapsed().as_secs_f64();
         crate::train::print_summary(&fitted.report, read, total);
-        println!("bench train: {} lines, wall {total:.2}s (read {read:.2}s), peak RSS {:.0} MiB", log.lines_read, peak_rss_mib().unwrap_or(f64::NAN));
+        println!(
+            "bench train: {} lines, wall {total:.2}s (read {read:.2}s), peak RSS {:.0} MiB",
+            log.lines_read,
+            peak_rss_mib().unwrap_or(f64::NAN)
+        );
     }
     let bundle = xsell_model::load_latest(&model_dir)?;
     let model = &bundle.model;
@@ -64,7 +68,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             for &j in cols.iter().take(rng.random_range(0..4)) {
                 basket.push(parts.items.ids[j as usize].clone());
             }
-            let customer_id = (n_customers > 0 && rng.random_bool(0.5)).then(|| parts.customers.ids[rng.random_range(0..n_customers)].clone());
+            let customer_id =
+                (n_customers > 0 && rng.random_bool(0.5)).then(|| parts.customers.ids[rng.random_range(0..n_customers)].clone());
             RankQuery { customer_id, basket, k: 10, ..Default::default() }
         })
         .collect();

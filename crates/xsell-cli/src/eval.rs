@@ -93,7 +93,10 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         let dir = a.models.join(&name);
         let path = xsell_model::save(&dir, manifest(&name, &a.orders, &sha, &log, &cfg, &fitted), &fitted.parts)?;
         model_version = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        println!("model trained on the training period saved to {} (serve it with `xsell serve --name {name}` and replay with --server)", path.display());
+        println!(
+            "model trained on the training period saved to {} (serve it with `xsell serve --name {name}` and replay with --server)",
+            path.display()
+        );
         let model = CrossSellModel::new(fitted.parts.clone())?;
         let t = Instant::now();
         let lists = local(&model, &queries)?;
@@ -149,7 +152,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
 
 fn stem(spec: &str) -> String {
     let p = std::path::Path::new(spec);
-    p.file_stem().map(|s| s.to_string_lossy().replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_', "_")).unwrap_or_else(|| "orders".into())
+    p.file_stem()
+        .map(|s| s.to_string_lossy().replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_', "_"))
+        .unwrap_or_else(|| "orders".into())
 }
 
 /// The protocol's ranking request for a query: top 20, basket excluded.
@@ -174,7 +179,8 @@ fn remote(server: &str, queries: &[Query]) -> anyhow::Result<(String, Lists)> {
     let url = if server.contains("://") { server.to_owned() } else { format!("http://{server}") };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(url.clone())?.connect().await.with_context(|| format!("connecting to {url}"))?;
+        let channel =
+            tonic::transport::Endpoint::from_shared(url.clone())?.connect().await.with_context(|| format!("connecting to {url}"))?;
         let mut client = CrossSellClient::new(channel);
         client = client.max_decoding_message_size(64 << 20);
         let info = client.model_info(ModelInfoRequest {}).await?.into_inner();
@@ -256,7 +262,13 @@ fn judge(queries: &[Query], lists: &Lists, tags: &Tagger<'_>, n_train_items: usi
     ev.finish(n_train_items)
 }
 
-fn print_table(dataset: &str, split: &xsell_core::protocol::Split, n: usize, systems: &[(String, Metrics, f64)], train_seconds: Option<f64>) {
+fn print_table(
+    dataset: &str,
+    split: &xsell_core::protocol::Split,
+    n: usize,
+    systems: &[(String, Metrics, f64)],
+    train_seconds: Option<f64>,
+) {
     println!("\n{dataset}: {} train orders, {} test orders, {n} queries", split.train.len(), split.test.len());
     if let Some(t) = train_seconds {
         println!("xsell training time: {t:.1}s");
@@ -292,15 +304,37 @@ fn reliability_svg(m: &Metrics) -> String {
     let sx = |v: f64| pad + v / max_p * (w - 2.0 * pad);
     let sy = |v: f64| h - pad - v / max_p * (h - 2.0 * pad);
     let mut s = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#);
-    s += &format!(r#"<rect width="{w}" height="{h}" fill="white"/><line x1="{}" y1="{}" x2="{}" y2="{}" stroke="gray" stroke-dasharray="4"/>"#, sx(0.0), sy(0.0), sx(max_p), sy(max_p));
-    s += &format!(r#"<line x1="{pad}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{}" stroke="black"/>"#, h - pad, w - pad, h - pad, h - pad);
-    let pts: Vec<String> = m.calibration.iter().filter(|b| b.count > 0).map(|b| format!("{:.1},{:.1}", sx(b.mean_predicted), sy(b.observed))).collect();
+    s += &format!(
+        r#"<rect width="{w}" height="{h}" fill="white"/><line x1="{}" y1="{}" x2="{}" y2="{}" stroke="gray" stroke-dasharray="4"/>"#,
+        sx(0.0),
+        sy(0.0),
+        sx(max_p),
+        sy(max_p)
+    );
+    s += &format!(
+        r#"<line x1="{pad}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{}" stroke="black"/>"#,
+        h - pad,
+        w - pad,
+        h - pad,
+        h - pad
+    );
+    let pts: Vec<String> =
+        m.calibration.iter().filter(|b| b.count > 0).map(|b| format!("{:.1},{:.1}", sx(b.mean_predicted), sy(b.observed))).collect();
     s += &format!(r#"<polyline points="{}" fill="none" stroke="steelblue" stroke-width="2"/>"#, pts.join(" "));
     for b in m.calibration.iter().filter(|b| b.count > 0) {
-        s += &format!(r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="steelblue"><title>n={}</title></circle>"#, sx(b.mean_predicted), sy(b.observed), b.count);
+        s += &format!(
+            r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="steelblue"><title>n={}</title></circle>"#,
+            sx(b.mean_predicted),
+            sy(b.observed),
+            b.count
+        );
     }
     s += &format!(r#"<text x="{}" y="{}" text-anchor="middle">mean predicted probability (0 to {max_p:.2})</text>"#, w / 2.0, h - 10.0);
     s += &format!(r#"<text x="12" y="{}" transform="rotate(-90 12 {})" text-anchor="middle">observed rate</text>"#, h / 2.0, h / 2.0);
-    s += &format!(r#"<text x="{}" y="20" text-anchor="middle">reliability, top-10 offers, ECE = {}</text></svg>"#, w / 2.0, m.ece.map(|e| format!("{e:.4}")).unwrap_or_default());
+    s += &format!(
+        r#"<text x="{}" y="20" text-anchor="middle">reliability, top-10 offers, ECE = {}</text></svg>"#,
+        w / 2.0,
+        m.ece.map(|e| format!("{e:.4}")).unwrap_or_default()
+    );
     s
 }

@@ -99,9 +99,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Serve(a) => {
             anyhow::ensure!(a.reload_secs.is_finite() && a.reload_secs >= 0.0, "--reload-secs must be a non-negative number");
-            let cfg = xsell_server::ServeConfig { addr: a.addr, model_dir: a.models.join(&a.name), reload_interval: Duration::from_secs_f64(a.reload_secs) };
+            let cfg = xsell_server::ServeConfig {
+                addr: a.addr,
+                model_dir: a.models.join(&a.name),
+                reload_interval: Duration::from_secs_f64(a.reload_secs),
+            };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-            rt.block_on(xsell_server::serve(cfg, shutdown_signal())).with_context(|| format!("serving {}", a.models.join(&a.name).display()))?;
+            rt.block_on(xsell_server::serve(cfg, shutdown_signal()))
+                .with_context(|| format!("serving {}", a.models.join(&a.name).display()))?;
             tracing::info!("shut down");
             Ok(())
         }

@@ -108,7 +108,14 @@ pub fn read_input(spec: &str, columns: &ColumnMap) -> anyhow::Result<(xsell_core
     Ok((log, sha))
 }
 
-pub fn manifest(name: &str, source: &str, sha: &str, log: &xsell_core::OrderLog, cfg: &TrainConfig, fitted: &xsell_train::Fitted) -> xsell_model::Manifest {
+pub fn manifest(
+    name: &str,
+    source: &str,
+    sha: &str,
+    log: &xsell_core::OrderLog,
+    cfg: &TrainConfig,
+    fitted: &xsell_train::Fitted,
+) -> xsell_model::Manifest {
     xsell_model::Manifest {
         format_version: xsell_model::FORMAT_VERSION,
         name: name.into(),
@@ -116,7 +123,12 @@ pub fn manifest(name: &str, source: &str, sha: &str, log: &xsell_core::OrderLog,
         created_at: xsell_model::now_rfc3339(),
         xsell_version: env!("CARGO_PKG_VERSION").into(),
         hyperparameters: serde_json::to_value(cfg).unwrap_or_default(),
-        input: xsell_model::InputInfo { source: source.into(), sha256: sha.into(), lines: log.lines_read, orders: fitted.report.orders as u64 },
+        input: xsell_model::InputInfo {
+            source: source.into(),
+            sha256: sha.into(),
+            lines: log.lines_read,
+            orders: fitted.report.orders as u64,
+        },
         metrics: serde_json::to_value(&fitted.report).unwrap_or_default(),
         features: Vec::new(),
         ranker: fitted.parts.ranker.clone(),

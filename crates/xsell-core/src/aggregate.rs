@@ -127,15 +127,13 @@ impl Aggregates {
         }
     }
 
-    /// Share of an item's sold lines that came back.
+    /// Returned lines per sold line of an item (capped at 1).
     pub fn item_return_rate(&self, i: ItemIx) -> f32 {
-        let r = self.item_returns[i as usize];
-        r / (r + self.item_orders[i as usize]).max(1.0)
+        (self.item_returns[i as usize] / self.item_orders[i as usize].max(1.0)).min(1.0)
     }
 
-    /// Share of a customer's purchase lines that came back.
+    /// Returned lines per purchase line of a customer (capped at 1).
     pub fn customer_return_rate(&self, c: CustomerIx) -> f32 {
-        let r = self.customer_returns[c as usize];
-        r / (r + self.customer_lines[c as usize]).max(1.0)
+        (self.customer_returns[c as usize] / self.customer_lines[c as usize].max(1.0)).min(1.0)
     }
 }

@@ -5,7 +5,9 @@
 #[non_exhaustive]
 pub enum Error {
     /// The order log holds no usable purchase.
-    #[error("the order log has no purchase lines left after cleaning (returns, negative quantities and lines without order or item are dropped)")]
+    #[error(
+        "the order log has no purchase lines left after cleaning (returns, negative quantities and lines without order or item are dropped)"
+    )]
     EmptyLog,
     /// A request or parameter is out of its valid range.
     #[error("invalid {what}: {reason}")]

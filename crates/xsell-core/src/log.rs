@@ -156,10 +156,7 @@ impl LogBuilder {
     /// Adds one raw line.
     pub fn push(&mut self, line: LogLine<'_>) {
         self.log.lines_read += 1;
-        let (Some(order_id), Some(item_id)) = (
-            line.order_id.filter(|s| !s.is_empty()),
-            line.item_id.filter(|s| !s.is_empty()),
-        ) else {
+        let (Some(order_id), Some(item_id)) = (line.order_id.filter(|s| !s.is_empty()), line.item_id.filter(|s| !s.is_empty())) else {
             self.log.lines_dropped += 1;
             return;
         };
@@ -188,12 +185,7 @@ impl LogBuilder {
             }
             None => {
                 self.order_ix.insert(order_id.to_owned(), self.log.orders.len());
-                self.log.orders.push(Order {
-                    id: order_id.to_owned(),
-                    customer,
-                    ts: line.ts,
-                    items: vec![item],
-                });
+                self.log.orders.push(Order { id: order_id.to_owned(), customer, ts: line.ts, items: vec![item] });
             }
         }
     }
@@ -203,11 +195,7 @@ impl LogBuilder {
         if self.log.orders.is_empty() {
             return Err(Error::EmptyLog);
         }
-        self.log.catalog.prices = self
-            .price_sum
-            .iter()
-            .map(|&(s, n)| if n > 0 { (s / n as f64) as f32 } else { f32::NAN })
-            .collect();
+        self.log.catalog.prices = self.price_sum.iter().map(|&(s, n)| if n > 0 { (s / n as f64) as f32 } else { f32::NAN }).collect();
         Ok(self.log)
     }
 }

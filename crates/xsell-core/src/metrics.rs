@@ -139,7 +139,11 @@ impl Evaluator {
             let bins: Vec<CalibrationBin> = self
                 .bins
                 .iter()
-                .map(|&(c, p, y)| CalibrationBin { count: c, mean_predicted: if c > 0 { p / c as f64 } else { 0.0 }, observed: if c > 0 { y / c as f64 } else { 0.0 } })
+                .map(|&(c, p, y)| CalibrationBin {
+                    count: c,
+                    mean_predicted: if c > 0 { p / c as f64 } else { 0.0 },
+                    observed: if c > 0 { y / c as f64 } else { 0.0 },
+                })
                 .collect();
             let ece = bins.iter().map(|b| b.count as f64 / total.max(1) as f64 * (b.mean_predicted - b.observed).abs()).sum();
             (Some(ece), bins)

@@ -28,13 +28,8 @@ pub const FEATURES: [&str; 9] = [
 pub const N_FEATURES: usize = FEATURES.len();
 
 /// Feature groups, for ablations: a group's features are zeroed together.
-pub const FEATURE_GROUPS: [(&str, &[usize]); 5] = [
-    ("co-occurrence", &[0, 1, 2]),
-    ("embeddings", &[3, 4]),
-    ("popularity", &[5]),
-    ("customer history", &[6, 7]),
-    ("returns", &[8]),
-];
+pub const FEATURE_GROUPS: [(&str, &[usize]); 5] =
+    [("co-occurrence", &[0, 1, 2]), ("embeddings", &[3, 4]), ("popularity", &[5]), ("customer history", &[6, 7]), ("returns", &[8])];
 
 /// Item attributes of a model, indexed by [`ItemIx`].
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -215,7 +210,9 @@ impl RankQuery {
         if let Some(c) = &self.customer_id {
             check_id("customer_id", c)?;
         }
-        for (what, list) in [("basket", &self.basket), ("exclude", &self.exclude), ("candidates", &self.allow), ("categories", &self.categories)] {
+        for (what, list) in
+            [("basket", &self.basket), ("exclude", &self.exclude), ("candidates", &self.allow), ("categories", &self.categories)]
+        {
             if list.len() > limits::MAX_LIST {
                 return bad(what, format!("has {} entries, at most {} are accepted", list.len(), limits::MAX_LIST));
             }
@@ -235,7 +232,10 @@ fn check_id(what: &'static str, id: &str) -> Result<()> {
         return Err(Error::Invalid { what, reason: "an id is empty".into() });
     }
     if id.len() > limits::MAX_ID_LEN {
-        return Err(Error::Invalid { what, reason: format!("an id is {} bytes long, at most {} are accepted", id.len(), limits::MAX_ID_LEN) });
+        return Err(Error::Invalid {
+            what,
+            reason: format!("an id is {} bytes long, at most {} are accepted", id.len(), limits::MAX_ID_LEN),
+        });
     }
     Ok(())
 }

@@ -110,13 +110,8 @@ pub fn draw_queries(log: &OrderLog, split: &Split, cfg: &ProtocolConfig) -> Vec<
         .map(|k| {
             let order = &log.orders[eligible[k]];
             let t = targets[k];
-            let basket: Vec<String> = order
-                .items
-                .iter()
-                .enumerate()
-                .filter(|&(p, _)| p != t)
-                .map(|(_, &i)| log.catalog.ids[i as usize].clone())
-                .collect();
+            let basket: Vec<String> =
+                order.items.iter().enumerate().filter(|&(p, _)| p != t).map(|(_, &i)| log.catalog.ids[i as usize].clone()).collect();
             Query {
                 customer_id: order.customer.map(|c| log.customers[c as usize].clone()),
                 basket,

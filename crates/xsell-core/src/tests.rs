@@ -124,7 +124,14 @@ fn tiny_model() -> CrossSellModel {
         emb_in: Array2::from_shape_fn((4, 2), |(i, d)| (i + d) as f32 * 0.1),
         emb_out: Array2::from_shape_fn((4, 2), |(i, d)| (i * d) as f32 * 0.1),
         n_orders: 100.0,
-        ranker: Ranker { mean: vec![0.0; N_FEATURES], scale: vec![1.0; N_FEATURES], weights: vec![4.0, 1.0, 0.0, 0.0, 0.0, 0.5, 1.0, 0.0, 0.0], bias: 0.0, calib_a: 1.0, calib_b: -2.0 },
+        ranker: Ranker {
+            mean: vec![0.0; N_FEATURES],
+            scale: vec![1.0; N_FEATURES],
+            weights: vec![4.0, 1.0, 0.0, 0.0, 0.0, 0.5, 1.0, 0.0, 0.0],
+            bias: 0.0,
+            calib_a: 1.0,
+            calib_b: -2.0,
+        },
         policy: Policy::default(),
     };
     CrossSellModel::new(parts).unwrap()
@@ -207,6 +214,6 @@ fn aggregates_count_orders_pairs_and_returns() {
     assert_eq!(agg.pairs.get(0, 1), 2.0);
     assert_eq!(agg.pairs.get(0, 2), 1.0);
     assert_eq!(agg.item_returns[2], 1.0, "returns after the cutoff are not seen");
-    assert!((agg.customer_return_rate(1) - 0.5).abs() < 1e-6);
+    assert!((agg.customer_return_rate(1) - 1.0).abs() < 1e-6);
     assert_eq!(agg.history.get(0, 0), 2.0);
 }

@@ -218,7 +218,13 @@ pub fn generate(cfg: &GenerateConfig) -> (Vec<RawLine>, GroundTruth) {
                 is_return: false,
             };
             if cix.is_some_and(|c| customers[c].returner) && rng.random_bool(0.7) {
-                returns.push(RawLine { order_id: format!("C{order_id}"), quantity: -qty, ts: Some(ts + 5 * 86_400_000), is_return: true, ..line.clone() });
+                returns.push(RawLine {
+                    order_id: format!("C{order_id}"),
+                    quantity: -qty,
+                    ts: Some(ts + 5 * 86_400_000),
+                    is_return: true,
+                    ..line.clone()
+                });
             }
             lines.push(line);
         }

@@ -112,9 +112,8 @@ impl ColumnMap {
         for p in pairs {
             let p = p.as_ref();
             let (k, v) = p.split_once('=').ok_or_else(|| format!("column mapping '{p}' is not of the form canonical=actual"))?;
-            let field = Field::from_canonical(k.trim()).ok_or_else(|| {
-                format!("unknown column '{k}' in mapping '{p}'; known: {}", Field::ALL.map(Field::canonical).join(", "))
-            })?;
+            let field = Field::from_canonical(k.trim())
+                .ok_or_else(|| format!("unknown column '{k}' in mapping '{p}'; known: {}", Field::ALL.map(Field::canonical).join(", ")))?;
             if v.trim().is_empty() {
                 return Err(format!("column mapping '{p}' has an empty column name"));
             }
@@ -149,7 +148,10 @@ pub fn list_inputs(spec: &str) -> Result<Vec<PathBuf>> {
             }
         }
     } else if !path.exists() {
-        return Err(DataError::Io { path: path.into(), source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory") });
+        return Err(DataError::Io {
+            path: path.into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        });
     }
     files.sort();
     files.dedup();
@@ -366,4 +368,3 @@ impl Columns {
         }
     }
 }
-

@@ -35,7 +35,8 @@ pub fn write_catalog(path: &Path, items: &ItemTable) -> Result<()> {
         f32s(&items.orders),
         f32s(&items.return_rate),
     ];
-    let batch = RecordBatch::try_new(Arc::new(schema), columns).map_err(|e| DataError::BadTable { path: path.into(), reason: e.to_string() })?;
+    let batch =
+        RecordBatch::try_new(Arc::new(schema), columns).map_err(|e| DataError::BadTable { path: path.into(), reason: e.to_string() })?;
     write_batch(path, &batch)
 }
 
@@ -53,7 +54,8 @@ pub fn write_customers(path: &Path, customers: &CustomerTable, lines: &[f32]) ->
         f32s(lines),
         f32s(&customers.return_rate),
     ];
-    let batch = RecordBatch::try_new(Arc::new(schema), columns).map_err(|e| DataError::BadTable { path: path.into(), reason: e.to_string() })?;
+    let batch =
+        RecordBatch::try_new(Arc::new(schema), columns).map_err(|e| DataError::BadTable { path: path.into(), reason: e.to_string() })?;
     write_batch(path, &batch)
 }
 
@@ -74,9 +76,16 @@ impl TableReader<'_> {
         self.batches
             .iter()
             .map(|b| {
-                let col = b.column_by_name(name).ok_or_else(|| DataError::BadTable { path: self.path.into(), reason: format!("missing column '{name}'") })?;
+                let col = b
+                    .column_by_name(name)
+                    .ok_or_else(|| DataError::BadTable { path: self.path.into(), reason: format!("missing column '{name}'") })?;
                 if col.data_type() != ty {
-                    return Err(DataError::WrongType { path: self.path.into(), column: name.into(), found: col.data_type().to_string(), expected: "the bundle's own type" });
+                    return Err(DataError::WrongType {
+                        path: self.path.into(),
+                        column: name.into(),
+                        found: col.data_type().to_string(),
+                        expected: "the bundle's own type",
+                    });
                 }
                 Ok(col.clone())
             })

@@ -102,13 +102,11 @@ fn unreadable_missing_and_empty_inputs_are_clear_errors() {
     let empty_dir = tempfile::tempdir().unwrap();
     assert!(matches!(read_log(empty_dir.path().to_str().unwrap()), Err(DataError::NoInput { .. })));
 
-    let only_returns: Vec<RawLine> = sample(20).into_iter().filter(|l| l.is_return).chain([RawLine {
-        order_id: "C1".into(),
-        item_id: "x".into(),
-        quantity: -1,
-        is_return: true,
-        ..Default::default()
-    }]).collect();
+    let only_returns: Vec<RawLine> = sample(20)
+        .into_iter()
+        .filter(|l| l.is_return)
+        .chain([RawLine { order_id: "C1".into(), item_id: "x".into(), quantity: -1, is_return: true, ..Default::default() }])
+        .collect();
     let path = dir.path().join("returns.parquet");
     write_lines(&path, &only_returns).unwrap();
     let msg = read_log(path.to_str().unwrap()).unwrap_err().to_string();

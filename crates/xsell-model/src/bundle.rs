@@ -176,7 +176,8 @@ pub fn load_latest(dir: &Path) -> Result<Bundle> {
 pub fn load(path: &Path) -> Result<Bundle> {
     let manifest_path = path.join(MANIFEST);
     let raw = std::fs::read(&manifest_path).map_err(io(&manifest_path))?;
-    let probe: serde_json::Value = serde_json::from_slice(&raw).map_err(|source| BundleError::Manifest { path: manifest_path.clone(), source })?;
+    let probe: serde_json::Value =
+        serde_json::from_slice(&raw).map_err(|source| BundleError::Manifest { path: manifest_path.clone(), source })?;
     let found = probe.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
     if found != FORMAT_VERSION {
         return Err(BundleError::Version { path: path.into(), found, supported: FORMAT_VERSION });
@@ -203,7 +204,11 @@ pub fn load(path: &Path) -> Result<Bundle> {
         }
     };
     let csr = |name: &str| -> Result<Csr> {
-        Ok(Csr { indptr: u32s(&format!("{name}.indptr"))?, indices: u32s(&format!("{name}.indices"))?, values: f32s(&format!("{name}.values"))?.1 })
+        Ok(Csr {
+            indptr: u32s(&format!("{name}.indptr"))?,
+            indices: u32s(&format!("{name}.indices"))?,
+            values: f32s(&format!("{name}.values"))?.1,
+        })
     };
     let items = tables::read_catalog(&path.join(CATALOG))?;
     let (customers, customer_lines) = tables::read_customers(&path.join(CUSTOMERS))?;

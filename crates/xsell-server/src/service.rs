@@ -76,7 +76,11 @@ impl CrossSell for CrossSellService {
 
     async fn rank_stream(&self, request: Request<Streaming<v1::RankRequest>>) -> Result<Response<RankStream>, Status> {
         let mut input = request.into_inner();
-        let this = CrossSellService { store: self.store.clone(), next_id: AtomicU64::new(self.next_id.fetch_add(1 << 32, Ordering::Relaxed)), boot: self.boot };
+        let this = CrossSellService {
+            store: self.store.clone(),
+            next_id: AtomicU64::new(self.next_id.fetch_add(1 << 32, Ordering::Relaxed)),
+            boot: self.boot,
+        };
         let output = async_stream(move |tx| async move {
             while let Some(req) = input.next().await {
                 let resp = req.and_then(|r| this.rank_one(&r));

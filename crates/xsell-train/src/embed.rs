@@ -74,7 +74,12 @@ fn ints(v: Vec<i64>, device: &Device) -> Tensor<1, Int> {
 }
 
 /// Trains input and output embeddings (items × `cfg.dim`) from pair counts and item counts.
-pub fn train_embeddings(pairs: &Csr, item_counts: &[f32], cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<(Array2<f32>, Array2<f32>)> {
+pub fn train_embeddings(
+    pairs: &Csr,
+    item_counts: &[f32],
+    cfg: &TrainConfig,
+    progress: &mut dyn Progress,
+) -> Result<(Array2<f32>, Array2<f32>)> {
     let n = item_counts.len();
     let d = cfg.dim;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);

@@ -189,13 +189,15 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
                 Some(MQuery { customer, basket, target, log_basket, log_target: t })
             })
             .collect();
-        let (calib, fit): (Vec<_>, Vec<_>) = queries.iter().enumerate().partition(|(k, _)| (*k as f64 * cfg.calibration_share).fract() + cfg.calibration_share >= 1.0);
+        let (calib, fit): (Vec<_>, Vec<_>) =
+            queries.iter().enumerate().partition(|(k, _)| (*k as f64 * cfg.calibration_share).fract() + cfg.calibration_share >= 1.0);
         let fit: Vec<&MQuery> = fit.into_iter().map(|(_, q)| q).collect();
         let calib: Vec<&MQuery> = calib.into_iter().map(|(_, q)| q).collect();
         report.ranker_queries = fit.len();
         if !fit.is_empty() {
             progress.start("ranker features", fit.len() as u64);
-            let examples: Vec<Array2<f32>> = fit.par_iter().enumerate().map(|(k, q)| examples_for(&model, q, cfg, cfg.seed ^ k as u64)).collect();
+            let examples: Vec<Array2<f32>> =
+                fit.par_iter().enumerate().map(|(k, q)| examples_for(&model, q, cfg, cfg.seed ^ k as u64)).collect();
             progress.finish();
             timer.lap("ranker features");
             let fit_cfg = RankerFit { epochs: cfg.ranker_epochs, seed: cfg.seed, disabled: [false; N_FEATURES] };
