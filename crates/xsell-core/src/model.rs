@@ -481,7 +481,7 @@ impl CrossSellModel {
             let max_price = basket.iter().map(|&i| p.items.prices[i as usize]).filter(|v| v.is_finite()).fold(f32::NAN, f32::max);
             if max_price.is_finite() {
                 for (j, e) in eligible.iter_mut().enumerate() {
-                    *e &= !(p.items.prices[j] > max_price);
+                    *e &= p.items.prices[j].partial_cmp(&max_price) != Some(std::cmp::Ordering::Greater); // unknown prices pass
                 }
             }
         }

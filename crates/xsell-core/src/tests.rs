@@ -9,7 +9,10 @@ fn line<'a>(order: &'a str, customer: Option<&'a str>, item: &'a str, qty: i64, 
     LogLine { order_id: Some(order), customer_id: customer, item_id: Some(item), quantity: qty, ts, is_return: ret, ..Default::default() }
 }
 
-fn log_of(orders: &[(&str, Option<&str>, &[&str], Option<i64>)]) -> OrderLog {
+/// (order id, customer, items, time)
+type TestOrder<'a> = (&'a str, Option<&'a str>, &'a [&'a str], Option<i64>);
+
+fn log_of(orders: &[TestOrder<'_>]) -> OrderLog {
     let mut b = LogBuilder::new();
     for &(o, c, items, ts) in orders {
         for it in items {

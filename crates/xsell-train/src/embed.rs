@@ -95,9 +95,7 @@ pub fn train_embeddings(
     // row of each stored pair, to turn a sampled pair position into (center, context)
     let mut pair_rows = vec![0u32; pairs.indices.len()];
     for r in 0..pairs.n_rows() {
-        for p in pairs.indptr[r] as usize..pairs.indptr[r + 1] as usize {
-            pair_rows[p] = r as u32;
-        }
+        pair_rows[pairs.indptr[r] as usize..pairs.indptr[r + 1] as usize].fill(r as u32);
     }
     let total_weight: f64 = pairs.values.iter().map(|&c| f64::from(c)).sum();
     let steps = ((cfg.epochs * total_weight / cfg.batch_size as f64).ceil() as usize).clamp(1, cfg.max_steps.max(1));

@@ -108,9 +108,9 @@ fn build(log: &OrderLog, agg: &Aggregates, cfg: &TrainConfig, ranker: Ranker, pr
     let mut customer_to_model = vec![None; log.customers.len()];
     let mut customers = CustomerTable::default();
     let mut customer_lines = Vec::new();
-    for c in 0..log.customers.len() {
+    for (c, slot) in customer_to_model.iter_mut().enumerate() {
         if agg.customer_orders[c] > 0.0 || agg.customer_returns[c] > 0.0 {
-            customer_to_model[c] = Some(customers.ids.len() as u32);
+            *slot = Some(customers.ids.len() as u32);
             customers.ids.push(log.customers[c].clone());
             customers.orders.push(agg.customer_orders[c]);
             customers.return_rate.push(agg.customer_return_rate(c as u32));
