@@ -165,7 +165,7 @@ pub mod limits {
     /// Largest `k`.
     pub const MAX_K: usize = 1000;
     /// Most basket items.
-    pub const MAX_BASKET: usize = 512;
+    pub const MAX_BASKET: usize = 2000;
     /// Most ids in the exclude, allow and category lists.
     pub const MAX_LIST: usize = 10_000;
     /// Longest id.

@@ -189,8 +189,8 @@ fn bad_requests_are_refused_with_a_reason() {
     assert!(err(q(&["cam1"], 0)).contains("k"));
     assert!(err(q(&["cam1"], 5000)).contains("between 1 and 1000"));
     assert!(err(q(&[""], 3)).contains("empty"));
-    let big: Vec<String> = (0..600).map(|k| k.to_string()).collect();
-    assert!(err(RankQuery { basket: big, k: 3, ..Default::default() }).contains("at most 512"));
+    let big: Vec<String> = (0..2500).map(|k| k.to_string()).collect();
+    assert!(err(RankQuery { basket: big, k: 3, ..Default::default() }).contains("at most 2000"));
 }
 
 #[test]
