@@ -25,23 +25,7 @@ struct World {
 }
 
 fn manifest(fitted: &xsell_train::Fitted) -> xsell_model::Manifest {
-    xsell_model::Manifest {
-        format_version: xsell_model::FORMAT_VERSION,
-        name: "test".into(),
-        version: String::new(),
-        created_at: xsell_model::now_rfc3339(),
-        xsell_version: "test".into(),
-        hyperparameters: serde_json::Value::Null,
-        input: Default::default(),
-        metrics: serde_json::to_value(&fitted.report).unwrap(),
-        features: vec![],
-        ranker: fitted.parts.ranker.clone(),
-        policy: fitted.parts.policy,
-        n_items: 0,
-        n_customers: 0,
-        dim: 0,
-        n_orders: 0.0,
-    }
+    xsell_model::Manifest::new("test", Default::default(), serde_json::Value::Null, serde_json::to_value(&fitted.report).unwrap())
 }
 
 fn world() -> World {
@@ -275,4 +259,31 @@ fn bundles_round_trip_and_refuse_damage() {
     assert!(msg.contains("catalog.parquet"), "{msg}");
     // no temporary directories are left behind
     assert!(std::fs::read_dir(&w.model_dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".tmp")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_service_so_grpcurl_needs_no_proto() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let w = world();
+    let (url, _store, stop, handle) = start(&w.model_dir, Duration::ZERO).await;
+    let _ = client(&url).await;
+    let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+    let mut refl = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut stream = refl.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+    let resp = tokio_stream::StreamExt::next(&mut stream).await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("unexpected reflection answer") };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"xsell.v1.CrossSell".to_string()), "{names:?}");
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+}
+
+#[test]
+fn training_is_deterministic_for_a_seed() {
+    let (a, b) = (world(), world());
+    assert_eq!(a.fitted.parts, b.fitted.parts);
 }

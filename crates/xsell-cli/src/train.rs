@@ -116,28 +116,12 @@ pub fn manifest(
     cfg: &TrainConfig,
     fitted: &xsell_train::Fitted,
 ) -> xsell_model::Manifest {
-    xsell_model::Manifest {
-        format_version: xsell_model::FORMAT_VERSION,
-        name: name.into(),
-        version: String::new(),
-        created_at: xsell_model::now_rfc3339(),
-        xsell_version: env!("CARGO_PKG_VERSION").into(),
-        hyperparameters: serde_json::to_value(cfg).unwrap_or_default(),
-        input: xsell_model::InputInfo {
-            source: source.into(),
-            sha256: sha.into(),
-            lines: log.lines_read,
-            orders: fitted.report.orders as u64,
-        },
-        metrics: serde_json::to_value(&fitted.report).unwrap_or_default(),
-        features: Vec::new(),
-        ranker: fitted.parts.ranker.clone(),
-        policy: fitted.parts.policy,
-        n_items: 0,
-        n_customers: 0,
-        dim: 0,
-        n_orders: 0.0,
-    }
+    xsell_model::Manifest::new(
+        name,
+        xsell_model::InputInfo { source: source.into(), sha256: sha.into(), lines: log.lines_read, orders: fitted.report.orders as u64 },
+        serde_json::to_value(cfg).unwrap_or_default(),
+        serde_json::to_value(&fitted.report).unwrap_or_default(),
+    )
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {

@@ -69,6 +69,30 @@ pub struct Manifest {
     pub n_orders: f32,
 }
 
+impl Manifest {
+    /// A manifest for a new bundle; the shape fields, the ranker and the version are filled in
+    /// from the parts by [`save`].
+    pub fn new(name: &str, input: InputInfo, hyperparameters: serde_json::Value, metrics: serde_json::Value) -> Self {
+        Manifest {
+            format_version: FORMAT_VERSION,
+            name: name.into(),
+            version: String::new(),
+            created_at: crate::now_rfc3339(),
+            xsell_version: env!("CARGO_PKG_VERSION").into(),
+            hyperparameters,
+            input,
+            metrics,
+            features: Vec::new(),
+            ranker: Ranker::single(0),
+            policy: Policy::default(),
+            n_items: 0,
+            n_customers: 0,
+            dim: 0,
+            n_orders: 0.0,
+        }
+    }
+}
+
 /// A loaded, validated bundle.
 #[derive(Debug, Clone)]
 pub struct Bundle {
