@@ -22,5 +22,5 @@ pub mod ranker;
 
 pub use config::TrainConfig;
 pub use error::{Result, TrainError};
-pub use pipeline::{Fitted, PhaseTime, TrainReport, ValidationMetrics, build_parts, train};
+pub use pipeline::{Fitted, PhaseTime, TrainReport, ValidationMetrics, train};
 pub use progress::{NoProgress, Progress};

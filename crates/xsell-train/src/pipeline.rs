@@ -84,10 +84,6 @@ struct Spaces {
 }
 
 /// Builds model parts (everything but a fitted ranker) from aggregates over a log.
-pub fn build_parts(log: &OrderLog, agg: &Aggregates, cfg: &TrainConfig, ranker: Ranker, progress: &mut dyn Progress) -> Result<ModelParts> {
-    Ok(build(log, agg, cfg, ranker, progress)?.0)
-}
-
 fn build(log: &OrderLog, agg: &Aggregates, cfg: &TrainConfig, ranker: Ranker, progress: &mut dyn Progress) -> Result<(ModelParts, Spaces)> {
     let mut item_to_model = vec![None; log.catalog.len()];
     let mut items = ItemTable::default();
@@ -174,10 +170,10 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
     let (parts, spaces) = build(log, &base_agg, cfg, Ranker::single(1), progress)?;
     timer.lap("embeddings");
 
+    let model = CrossSellModel::new(parts)?;
     let mut ranker = Ranker::single(1);
     let mut validation = ValidationMetrics::default();
     if fit_ranker_now {
-        let model = CrossSellModel::new(parts)?;
         let queries: Vec<MQuery> = draw_index_queries(log, valid, cfg.seed, cfg.ranker_queries)
             .into_iter()
             .filter_map(|(o, t)| {
@@ -206,15 +202,16 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
         }
         // calibration and validation metrics on the held-out queries
         let judged = if calib.is_empty() { &fit } else { &calib };
-        let model = CrossSellModel::new(ModelParts { ranker: ranker.clone(), ..model.parts().clone() })?;
-        let (scores, labels, metrics) = calibrate_and_judge(&model, &base_agg, judged);
+        let judge = CrossSellModel::new(ModelParts { ranker: ranker.clone(), ..model.parts().clone() })?;
+        let (scores, labels, metrics) = calibrate_and_judge(&judge, &base_agg, judged);
         let (a, b) = fit_platt(&scores, &labels);
         ranker.calib_a = a;
         ranker.calib_b = b;
         validation = metrics;
         timer.lap("calibration");
     }
-    let (parts, all_agg) = if cfg.refit || !fit_ranker_now {
+    // without a validation slice the base pass already covered every training order
+    let (parts, all_agg) = if cfg.refit && fit_ranker_now {
         progress.start("refit aggregates", 1);
         let agg = Aggregates::compute(log, orders, cutoff_ts, &agg_cfg);
         progress.finish();
@@ -222,7 +219,7 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
         timer.lap("refit");
         (parts, agg)
     } else {
-        (ModelParts { ranker, ..build(log, &base_agg, cfg, Ranker::single(1), progress)?.0 }, base_agg)
+        (ModelParts { ranker, ..model.parts().clone() }, base_agg)
     };
     report.items = parts.items.ids.len();
     report.customers = parts.customers.ids.len();
