@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use serde_json::json;
 use xsell_core::baseline::{Cooccurrence, Popularity, Recommender};
 use xsell_core::metrics::{Evaluator, Metrics, QueryTags};
+use xsell_core::model::{ModelParts, Ranker, feature};
 use xsell_core::protocol::{ProtocolConfig, Query, draw_queries, time_split};
 use xsell_core::{CrossSellModel, ItemIx, OrderLog, RankQuery};
 
@@ -53,14 +54,28 @@ pub struct EvalArgs {
     /// At most this many queries.
     #[arg(long, default_value_t = 20_000)]
     max_queries: usize,
+    /// Also report each stage alone (one feature as the whole ranker) and the ranker refitted
+    /// without each feature group.
+    #[arg(long)]
+    ablation: bool,
 }
+
+/// Stages shown alone by `--ablation`: the feature that stands for each candidate source.
+const STAGES: [(&str, usize); 6] = [
+    ("ease", feature::EASE),
+    ("co-occurrence", feature::COOC_MEAN),
+    ("jaccard", feature::JACCARD_MEAN),
+    ("embeddings", feature::EMB_COMP),
+    ("history", feature::HIST_SHARE),
+    ("popularity", feature::POPULARITY),
+];
 
 /// One system's ranked lists: items and, when it has them, probabilities.
 type Lists = Vec<(Vec<String>, Option<Vec<f32>>)>;
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.test_fraction > 0.0 && a.test_fraction < 1.0, "--test-fraction must be within (0, 1)");
-    let cfg = a.common.train_config()?;
+    let cfg = xsell_train::TrainConfig { ablation: a.ablation, ..a.common.train_config()? };
     let (log, sha) = read_input(&a.orders, &a.common.column_map()?)?;
     let protocol = ProtocolConfig { test_fraction: a.test_fraction, seed: a.query_seed, max_queries: a.max_queries };
     let split = time_split(&log, protocol.test_fraction);
@@ -79,6 +94,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let n_train_items = tags.train_items.len();
     let mut systems: Vec<(String, Metrics, f64)> = Vec::new();
     let mut train_seconds = None;
+    let mut report_training = None;
     let model_version;
     if let Some(server) = &a.server {
         let t = Instant::now();
@@ -89,6 +105,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         let t = Instant::now();
         let fitted = xsell_train::train(&log, &split.train, split.cutoff_ts, &cfg, &mut Bars::default())?;
         train_seconds = Some(t.elapsed().as_secs_f64());
+        crate::train::print_summary(&fitted.report, 0.0, train_seconds.unwrap_or_default());
         let name = a.name.clone().unwrap_or_else(|| format!("eval-{}", stem(&a.orders)));
         let dir = a.models.join(&name);
         let path = xsell_model::save(&dir, manifest(&name, &a.orders, &sha, &log, &cfg, &fitted), &fitted.parts)?;
@@ -101,6 +118,21 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         let t = Instant::now();
         let lists = local(&model, &queries)?;
         systems.push(("xsell".into(), judge(&queries, &lists, &tags, n_train_items), t.elapsed().as_secs_f64()));
+        if a.ablation {
+            let variants = STAGES
+                .iter()
+                .map(|&(name, f)| (format!("only {name}"), Ranker::single(f)))
+                .chain(fitted.ablations.iter().map(|(group, r)| (format!("w/o {group}"), r.clone())));
+            for (name, ranker) in variants {
+                let variant = CrossSellModel::new(ModelParts { ranker, ..fitted.parts.clone() })?;
+                let t = Instant::now();
+                let lists = local(&variant, &queries)?;
+                let mut m = judge(&queries, &lists, &tags, n_train_items);
+                m.ece = None; // single-feature scores are not probabilities
+                systems.push((name, m, t.elapsed().as_secs_f64()));
+            }
+        }
+        report_training = Some(fitted.report);
         let agg = &fitted.aggregates;
         let baselines: [(&str, &dyn Recommender); 2] = [("cooccurrence", &Cooccurrence(agg)), ("popularity", &Popularity(agg))];
         let ix: HashMap<&str, ItemIx> = log.catalog.ids.iter().enumerate().map(|(i, s)| (s.as_str(), i as ItemIx)).collect();
@@ -137,6 +169,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             "queries": queries.len(),
             "train_seconds": train_seconds,
             "hyperparameters": cfg,
+            "training": report_training,
             "systems": sys,
         });
         std::fs::write(report, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("writing {}", report.display()))?;
@@ -275,12 +308,12 @@ fn print_table(
     }
     let opt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
     println!(
-        "{:<13} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9} {:>7} {:>8}",
+        "{:<24} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9} {:>7} {:>8}",
         "system", "hit@5", "hit@10", "hit@20", "mrr@20", "ndcg@10", "cov@10", "novel@10", "cross@10", "samecat", "ece", "rank s"
     );
     for (name, m, secs) in systems {
         println!(
-            "{:<13} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>9} {:>9} {:>9} {:>7} {:>8.2}",
+            "{:<24} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>9} {:>9} {:>9} {:>7} {:>8.2}",
             name,
             m.hit5,
             m.hit10,

@@ -9,20 +9,26 @@
 
 use std::collections::HashMap;
 
+use ndarray::Array2;
 use rayon::prelude::*;
 
 use crate::{Csr, CustomerIx, ItemIx, OrderLog};
+
+/// One item's co-purchased items and counts.
+type PairRow = Vec<(u32, f32)>;
 
 /// Settings of the aggregate pass.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AggregateConfig {
     /// Keep at most this many co-purchased items per item (strongest first).
     pub max_neighbours: usize,
+    /// Build the full Gram matrix of this many most-bought items (0: none).
+    pub gram_items: usize,
 }
 
 impl Default for AggregateConfig {
     fn default() -> Self {
-        Self { max_neighbours: 200 }
+        Self { max_neighbours: 200, gram_items: 0 }
     }
 }
 
@@ -45,6 +51,11 @@ pub struct Aggregates {
     pub customer_lines: Vec<f32>,
     /// Return lines per customer.
     pub customer_returns: Vec<f32>,
+    /// The most-bought items (at most `gram_items`, most bought first; ties by index).
+    pub gram_items: Vec<ItemIx>,
+    /// `gram[a, b]` = orders containing both `gram_items[a]` and `gram_items[b]` (the diagonal:
+    /// orders containing the item). Untruncated, unlike `pairs`.
+    pub gram: Array2<f32>,
 }
 
 impl Aggregates {
@@ -85,8 +96,17 @@ impl Aggregates {
                 customer_returns[c as usize] += 1.0;
             }
         }
+        let mut gram_items: Vec<ItemIx> = (0..n_items as ItemIx).filter(|&i| item_orders[i as usize] > 0.0).collect();
+        gram_items.sort_by(|&a, &b| item_orders[b as usize].total_cmp(&item_orders[a as usize]).then(a.cmp(&b)));
+        gram_items.truncate(cfg.gram_items);
+        let mut gram_pos = vec![u32::MAX; n_items];
+        for (a, &i) in gram_items.iter().enumerate() {
+            gram_pos[i as usize] = a as u32;
+        }
+        let m = gram_items.len();
+        let mut gram = Array2::<f32>::zeros((m, m));
         let max_nb = cfg.max_neighbours;
-        let rows: Vec<Vec<(u32, f32)>> = (0..n_items)
+        let rows: Vec<(PairRow, Option<Vec<f32>>)> = (0..n_items)
             .into_par_iter()
             .map_init(
                 || vec![0f32; n_items],
@@ -103,6 +123,16 @@ impl Aggregates {
                         }
                     }
                     let mut row: Vec<(u32, f32)> = touched.iter().map(|&j| (j, acc[j as usize])).collect();
+                    let dense = (gram_pos[i] != u32::MAX).then(|| {
+                        let mut d = vec![0f32; m];
+                        for &(j, v) in &row {
+                            if let Some(b) = gram_pos.get(j as usize).filter(|&&b| b != u32::MAX) {
+                                d[*b as usize] = v;
+                            }
+                        }
+                        d[gram_pos[i] as usize] = item_orders[i];
+                        d
+                    });
                     for &j in &touched {
                         acc[j as usize] = 0.0;
                     }
@@ -110,20 +140,29 @@ impl Aggregates {
                         row.select_nth_unstable_by(max_nb, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
                         row.truncate(max_nb);
                     }
-                    row
+                    (row, dense)
                 },
             )
             .collect();
+        let mut pair_rows = Vec::with_capacity(n_items);
+        for (i, (row, dense)) in rows.into_iter().enumerate() {
+            if let Some(d) = dense {
+                gram.row_mut(gram_pos[i] as usize).assign(&ndarray::ArrayView1::from(&d));
+            }
+            pair_rows.push(row);
+        }
         let history = Csr::from_rows(hist.into_iter().map(|h| h.into_iter().collect::<Vec<_>>()));
         Aggregates {
             n_orders: orders.len() as u64,
             item_orders,
             item_returns,
-            pairs: Csr::from_rows(rows),
+            pairs: Csr::from_rows(pair_rows),
             history,
             customer_orders,
             customer_lines,
             customer_returns,
+            gram_items,
+            gram,
         }
     }
 

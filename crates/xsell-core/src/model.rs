@@ -13,10 +13,13 @@ use serde::{Deserialize, Serialize};
 use crate::{Csr, CustomerIx, Error, ItemIx, Result};
 
 /// Names of the ranker's features, in column order of [`CrossSellModel::features`].
-pub const FEATURES: [&str; 9] = [
+pub const FEATURES: [&str; 12] = [
     "cooc_max",     // max over basket items i of P(j | i)
     "cooc_mean",    // mean over basket items of P(j | i)
     "jaccard_max",  // max over basket items of |i ∧ j| / |i ∨ j|
+    "jaccard_mean", // mean over basket items of the Jaccard index
+    "ease",         // sum over basket items of the EASE weight B[i, j]
+    "ease_history", // sum over the customer's past items of their order share × B[i, j]
     "emb_comp",     // mean over basket items of input(i) · output(j): "bought with"
     "emb_cos",      // max cosine(input(i), input(j)): "used in the same contexts"
     "popularity",   // log(1 + orders with j) / log(1 + orders)
@@ -27,9 +30,35 @@ pub const FEATURES: [&str; 9] = [
 /// Number of ranker features.
 pub const N_FEATURES: usize = FEATURES.len();
 
+/// Column indices of [`FEATURES`].
+pub mod feature {
+    #![allow(missing_docs)]
+    pub const COOC_MAX: usize = 0;
+    pub const COOC_MEAN: usize = 1;
+    pub const JACCARD_MAX: usize = 2;
+    pub const JACCARD_MEAN: usize = 3;
+    pub const EASE: usize = 4;
+    pub const EASE_HISTORY: usize = 5;
+    pub const EMB_COMP: usize = 6;
+    pub const EMB_COS: usize = 7;
+    pub const POPULARITY: usize = 8;
+    pub const HIST_LOG: usize = 9;
+    pub const HIST_SHARE: usize = 10;
+    pub const ITEM_RETURNS: usize = 11;
+}
+
 /// Feature groups, for ablations: a group's features are zeroed together.
-pub const FEATURE_GROUPS: [(&str, &[usize]); 5] =
-    [("co-occurrence", &[0, 1, 2]), ("embeddings", &[3, 4]), ("popularity", &[5]), ("customer history", &[6, 7]), ("returns", &[8])];
+pub const FEATURE_GROUPS: [(&str, &[usize]); 6] = {
+    use feature::*;
+    [
+        ("co-occurrence", &[COOC_MAX, COOC_MEAN, JACCARD_MAX, JACCARD_MEAN]),
+        ("ease", &[EASE]),
+        ("embeddings", &[EMB_COMP, EMB_COS]),
+        ("popularity", &[POPULARITY]),
+        ("customer history", &[EASE_HISTORY, HIST_LOG, HIST_SHARE]),
+        ("returns", &[ITEM_RETURNS]),
+    ]
+};
 
 /// Item attributes of a model, indexed by [`ItemIx`].
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -97,6 +126,33 @@ impl Ranker {
     }
 }
 
+/// Per category: whether its items are bought together less often than chance, from the
+/// stored co-purchase counts (pairs of items sold too rarely to judge do not count).
+fn substitute_categories(p: &ModelParts, category_of: &[Option<u32>], n_categories: usize) -> Vec<bool> {
+    let (mut together, mut expected) = (vec![0f64; n_categories], vec![0f64; n_categories]);
+    let n = f64::from(p.n_orders.max(1.0));
+    let mut sum = vec![0f64; n_categories];
+    let mut sum_sq = vec![0f64; n_categories];
+    for (i, c) in category_of.iter().enumerate() {
+        if let Some(c) = c {
+            let o = f64::from(p.items.orders[i]);
+            sum[*c as usize] += o;
+            sum_sq[*c as usize] += o * o;
+            let (cols, vals) = p.pairs.row(i);
+            for (&j, &v) in cols.iter().zip(vals) {
+                if category_of[j as usize] == Some(*c) {
+                    together[*c as usize] += f64::from(v);
+                }
+            }
+        }
+    }
+    for c in 0..n_categories {
+        expected[c] = (sum[c] * sum[c] - sum_sq[c]) / n;
+    }
+    // enough evidence: at least a few co-purchases expected across the category
+    together.iter().zip(&expected).map(|(&t, &e)| e >= 5.0 && t < e).collect()
+}
+
 /// Logistic function.
 pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
@@ -132,6 +188,8 @@ pub struct ModelParts {
     pub pairs: Csr,
     /// `history[c, i]`: training orders of customer `c` with item `i`.
     pub history: Csr,
+    /// `ease[i, j]`: the EASE item-item weight (the strongest entries of each row).
+    pub ease: Csr,
     /// Input ("context") item embeddings, items × dim.
     pub emb_in: Array2<f32>,
     /// Output ("target") item embeddings, items × dim.
@@ -287,6 +345,8 @@ pub struct CrossSellModel {
     customer_index: HashMap<String, CustomerIx>,
     category_of: Vec<Option<u32>>,
     category_index: HashMap<String, u32>,
+    /// Per category: are two of its items bought together less often than chance?
+    substitute_category: Vec<bool>,
     emb_in_unit: Array2<f32>,
 }
 
@@ -309,6 +369,7 @@ impl CrossSellModel {
         }
         parts.pairs.validate(n, n).map_err(|e| Error::Inconsistent(format!("pairs: {e}")))?;
         parts.history.validate(nc, n).map_err(|e| Error::Inconsistent(format!("history: {e}")))?;
+        parts.ease.validate(n, n).map_err(|e| Error::Inconsistent(format!("ease: {e}")))?;
         if parts.emb_in.nrows() != n || parts.emb_out.dim() != parts.emb_in.dim() {
             return inc(format!("embeddings have shape {:?}/{:?}, expected {n} rows", parts.emb_in.dim(), parts.emb_out.dim()));
         }
@@ -330,7 +391,7 @@ impl CrossSellModel {
         }
         let customer_index: HashMap<String, CustomerIx> = ct.ids.iter().enumerate().map(|(c, id)| (id.clone(), c as CustomerIx)).collect();
         let mut category_index = HashMap::new();
-        let category_of = it
+        let category_of: Vec<Option<u32>> = it
             .categories
             .iter()
             .map(|c| {
@@ -345,7 +406,8 @@ impl CrossSellModel {
             let norm = row.dot(&row).sqrt().max(1e-12);
             row.mapv_inplace(|v| v / norm);
         }
-        Ok(CrossSellModel { parts, item_index, customer_index, category_of, category_index, emb_in_unit })
+        let substitute_category = substitute_categories(&parts, &category_of, category_index.len());
+        Ok(CrossSellModel { parts, item_index, customer_index, category_of, category_index, substitute_category, emb_in_unit })
     }
 
     /// The stored parts.
@@ -371,13 +433,14 @@ impl CrossSellModel {
     /// Raw (unstandardized) features of every catalog item for a customer and basket:
     /// an items × [`N_FEATURES`] matrix, columns as named in [`FEATURES`].
     pub fn features(&self, customer: Option<CustomerIx>, basket: &[ItemIx]) -> Array2<f32> {
+        use feature::*;
         let p = &self.parts;
         let n = self.n_items();
         let mut x = Array2::<f32>::zeros((n, N_FEATURES));
         let log_n = (1.0 + p.n_orders).ln().max(1e-6);
         for j in 0..n {
-            x[[j, 5]] = (1.0 + p.items.orders[j]).ln() / log_n;
-            x[[j, 8]] = p.items.return_rate[j];
+            x[[j, POPULARITY]] = (1.0 + p.items.orders[j]).ln() / log_n;
+            x[[j, ITEM_RETURNS]] = p.items.return_rate[j];
         }
         if !basket.is_empty() {
             let inv_b = 1.0 / basket.len() as f32;
@@ -388,25 +451,35 @@ impl CrossSellModel {
                     let j = j as usize;
                     let cond = cij / ci;
                     let jac = cij / (ci + p.items.orders[j] - cij).max(1.0);
-                    x[[j, 0]] = x[[j, 0]].max(cond);
-                    x[[j, 1]] += cond * inv_b;
-                    x[[j, 2]] = x[[j, 2]].max(jac);
+                    x[[j, COOC_MAX]] = x[[j, COOC_MAX]].max(cond);
+                    x[[j, COOC_MEAN]] += cond * inv_b;
+                    x[[j, JACCARD_MAX]] = x[[j, JACCARD_MAX]].max(jac);
+                    x[[j, JACCARD_MEAN]] += jac * inv_b;
+                }
+                let (cols, vals) = p.ease.row(i as usize);
+                for (&j, &b) in cols.iter().zip(vals) {
+                    x[[j as usize, EASE]] += b;
                 }
             }
             let rows: Vec<usize> = basket.iter().map(|&i| i as usize).collect();
             let mean_in = p.emb_in.select(Axis(0), &rows).mean_axis(Axis(0)).expect("basket is not empty");
-            x.column_mut(3).assign(&p.emb_out.dot(&mean_in));
+            x.column_mut(EMB_COMP).assign(&p.emb_out.dot(&mean_in));
             let sims = self.emb_in_unit.dot(&self.emb_in_unit.select(Axis(0), &rows).t());
             for (j, row) in sims.axis_iter(Axis(0)).enumerate() {
-                x[[j, 4]] = row.iter().copied().fold(f32::MIN, f32::max);
+                x[[j, EMB_COS]] = row.iter().copied().fold(f32::MIN, f32::max);
             }
         }
         if let Some(c) = customer {
             let orders = p.customers.orders[c as usize].max(1.0);
             let (cols, vals) = p.history.row(c as usize);
-            for (&j, &h) in cols.iter().zip(vals) {
-                x[[j as usize, 6]] = h.ln_1p();
-                x[[j as usize, 7]] = h / orders;
+            for (&i, &h) in cols.iter().zip(vals) {
+                let share = h / orders;
+                x[[i as usize, HIST_LOG]] = h.ln_1p();
+                x[[i as usize, HIST_SHARE]] = share;
+                let (ecols, evals) = p.ease.row(i as usize);
+                for (&j, &b) in ecols.iter().zip(evals) {
+                    x[[j as usize, EASE_HISTORY]] += share * b;
+                }
             }
         }
         x
@@ -418,15 +491,23 @@ impl CrossSellModel {
     }
 
     /// True when `j` is a substitute of basket item `i`: same known category, and bought
-    /// together less often than chance though both sell well enough to judge.
+    /// together less often than chance. In a category whose items are seldom bought together
+    /// (cameras), a pair is a substitute unless it is clearly bought together more than chance;
+    /// elsewhere only when both items sell well enough to judge and the pair sells below chance.
     pub fn is_substitute(&self, i: ItemIx, j: ItemIx) -> bool {
         let (ci, cj) = (self.category_of[i as usize], self.category_of[j as usize]);
-        if ci.is_none() || ci != cj {
+        let Some(c) = ci.filter(|_| ci == cj) else {
             return false;
-        }
+        };
         let p = &self.parts;
         let expected = p.items.orders[i as usize] * p.items.orders[j as usize] / p.n_orders.max(1.0);
-        expected >= p.policy.substitute_min_expected && p.pairs.get(i as usize, j) < expected
+        let together = p.pairs.get(i as usize, j);
+        if self.substitute_category[c as usize] {
+            // clearly more often together than chance (beyond Poisson noise), or a substitute
+            together <= expected + 2.0 * expected.sqrt() + 1.0
+        } else {
+            expected >= p.policy.substitute_min_expected && together < expected
+        }
     }
 
     /// Ranks offers for a request (validated here).
@@ -527,7 +608,7 @@ impl CrossSellModel {
         {
             return Reason::BoughtWith(i);
         }
-        if customer.is_some() && x[6] > 0.0 {
+        if customer.is_some() && x[feature::HIST_LOG] > 0.0 {
             return Reason::BoughtBefore;
         }
         let best_emb = basket

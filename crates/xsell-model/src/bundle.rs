@@ -13,7 +13,7 @@ use xsell_data::tables;
 use crate::{BundleError, Result};
 
 /// The bundle format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 const MANIFEST: &str = "manifest.json";
 const TENSORS: &str = "tensors.safetensors";
@@ -166,7 +166,7 @@ fn write_tensors(path: &Path, parts: &ModelParts) -> Result<()> {
     let emb_out = f32_bytes(&parts.emb_out.iter().copied().collect::<Vec<_>>());
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> =
         vec![("emb_in".into(), Dtype::F32, vec![n, d], emb_in), ("emb_out".into(), Dtype::F32, vec![n, d], emb_out)];
-    for (name, csr) in [("pairs", &parts.pairs), ("history", &parts.history)] {
+    for (name, csr) in [("pairs", &parts.pairs), ("history", &parts.history), ("ease", &parts.ease)] {
         owned.push((format!("{name}.indptr"), Dtype::U32, vec![csr.indptr.len()], u32_bytes(&csr.indptr)));
         owned.push((format!("{name}.indices"), Dtype::U32, vec![csr.indices.len()], u32_bytes(&csr.indices)));
         owned.push((format!("{name}.values"), Dtype::F32, vec![csr.values.len()], f32_bytes(&csr.values)));
@@ -254,6 +254,7 @@ pub fn load(path: &Path) -> Result<Bundle> {
         customer_lines,
         pairs: csr("pairs")?,
         history: csr("history")?,
+        ease: csr("ease")?,
         emb_in: matrix("emb_in")?,
         emb_out: matrix("emb_out")?,
         n_orders: manifest.n_orders,

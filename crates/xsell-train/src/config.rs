@@ -22,13 +22,18 @@ pub struct TrainConfig {
     pub negatives: usize,
     /// Adam learning rate of the embeddings.
     pub learning_rate: f64,
-    /// Co-purchased items kept per item.
+    /// Co-purchased items (and EASE weights) kept per item.
     pub max_neighbours: usize,
+    /// EASE covers this many most-bought items (its inverse is cubic in it; 0 turns EASE off).
+    pub ease_items: usize,
+    /// EASE regularization; 0 chooses it on the validation queries from
+    /// [`crate::ease::LAMBDA_GRID`].
+    pub ease_lambda: f64,
     /// Share of the newest training orders used to fit and calibrate the ranker.
     pub validation_fraction: f64,
     /// Queries drawn from those orders (at most).
     pub ranker_queries: usize,
-    /// Hardest negatives per ranker query (best by the co-occurrence heuristic).
+    /// Hard negatives per ranker query (the best items of each candidate source).
     pub ranker_hard_negatives: usize,
     /// Random negatives per ranker query.
     pub ranker_random_negatives: usize,
@@ -38,6 +43,8 @@ pub struct TrainConfig {
     pub calibration_share: f64,
     /// Refit aggregates and embeddings on all training orders after fitting the ranker.
     pub refit: bool,
+    /// Also fit one ranker per feature group left out ([`crate::Fitted::ablations`]).
+    pub ablation: bool,
 }
 
 impl Default for TrainConfig {
@@ -51,13 +58,16 @@ impl Default for TrainConfig {
             negatives: 5,
             learning_rate: 0.02,
             max_neighbours: 200,
+            ease_items: 5000,
+            ease_lambda: 0.0,
             validation_fraction: 0.1,
             ranker_queries: 6000,
-            ranker_hard_negatives: 60,
+            ranker_hard_negatives: 160,
             ranker_random_negatives: 40,
             ranker_epochs: 30,
             calibration_share: 0.3,
             refit: true,
+            ablation: false,
         }
     }
 }
@@ -83,6 +93,12 @@ impl TrainConfig {
         }
         if self.max_neighbours == 0 {
             return bad("max_neighbours", "must be at least 1");
+        }
+        if self.ease_items > 20_000 {
+            return bad("ease_items", "must be at most 20000 (the EASE inverse is dense: items² memory, items³ time)");
+        }
+        if !(self.ease_lambda.is_finite() && self.ease_lambda >= 0.0) {
+            return bad("ease_lambda", "must be a non-negative number (0: chosen by validation)");
         }
         if !(0.0..0.9).contains(&self.validation_fraction) {
             return bad("validation_fraction", "must be within [0, 0.9)");

@@ -14,6 +14,7 @@
 //! [`xsell_core::model::ModelParts`]; nothing downstream needs burn to load or serve a model.
 
 pub mod config;
+pub mod ease;
 pub mod embed;
 pub mod error;
 mod pipeline;

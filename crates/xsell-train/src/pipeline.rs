@@ -11,10 +11,11 @@ use serde::{Deserialize, Serialize};
 use xsell_core::aggregate::AggregateConfig;
 use xsell_core::baseline::{Cooccurrence, Popularity, Recommender};
 use xsell_core::metrics::{Evaluator, QueryTags};
-use xsell_core::model::{CustomerTable, ItemTable, ModelParts, N_FEATURES, Policy, Ranker};
+use xsell_core::model::{CustomerTable, FEATURE_GROUPS, ItemTable, ModelParts, N_FEATURES, Policy, Ranker, feature};
 use xsell_core::protocol::draw_index_queries;
 use xsell_core::{Aggregates, CrossSellModel, Csr, ItemIx, OrderLog};
 
+use crate::ease::{self, LAMBDA_GRID, LambdaTrial, PosQuery};
 use crate::embed::train_embeddings;
 use crate::ranker::{RankerFit, fit_platt, fit_ranker};
 use crate::{Progress, Result, TrainConfig, TrainError};
@@ -52,6 +53,21 @@ pub struct TrainReport {
     pub phases: Vec<PhaseTime>,
     /// Validation metrics.
     pub validation: ValidationMetrics,
+    /// EASE: items covered, the regularization kept and the validation of each candidate.
+    pub ease: Option<EaseReport>,
+}
+
+/// How EASE was fitted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EaseReport {
+    /// Items covered by the final fit.
+    pub items: usize,
+    /// λ as a multiple of the mean Gram diagonal (chosen on the validation queries).
+    pub alpha: f64,
+    /// λ of the final fit.
+    pub lambda: f64,
+    /// hit@10 / mrr@20 of EASE alone on the validation queries, per candidate λ.
+    pub trials: Vec<LambdaTrial>,
 }
 
 /// A trained model with its report and the aggregates of all training orders (log index space).
@@ -63,6 +79,9 @@ pub struct Fitted {
     pub report: TrainReport,
     /// Aggregates over every training order, in the log's index space (for baselines).
     pub aggregates: Aggregates,
+    /// With [`TrainConfig::ablation`]: per feature group, the ranker fitted without it
+    /// (uncalibrated).
+    pub ablations: Vec<(String, Ranker)>,
 }
 
 struct Timer<'a> {
@@ -122,12 +141,14 @@ fn build(log: &OrderLog, agg: &Aggregates, cfg: &TrainConfig, ranker: Ranker, pr
     let pairs = remap(&agg.pairs, &item_to_model);
     let history = remap(&agg.history, &customer_to_model);
     let (emb_in, emb_out) = train_embeddings(&pairs, &items.orders, cfg, progress)?;
+    let n_items = items.ids.len();
     let parts = ModelParts {
         items,
         customers,
         customer_lines,
         pairs,
         history,
+        ease: Csr::from_rows(vec![Vec::new(); n_items]),
         emb_in,
         emb_out,
         n_orders: agg.n_orders as f32,
@@ -137,8 +158,44 @@ fn build(log: &OrderLog, agg: &Aggregates, cfg: &TrainConfig, ranker: Ranker, pr
     Ok((parts, Spaces { item_to_model, customer_to_model }))
 }
 
+/// Fits EASE on the Gram of `agg` into `parts.ease`: at `alpha` when given, else at the best
+/// of [`LAMBDA_GRID`] on `queries` (the middle of the grid when there is none).
+fn fit_ease(
+    agg: &Aggregates,
+    spaces: &Spaces,
+    parts: &mut ModelParts,
+    cfg: &TrainConfig,
+    alpha: Option<f64>,
+    queries: &[&MQuery],
+) -> Result<Option<EaseReport>> {
+    if agg.gram_items.is_empty() {
+        return Ok(None);
+    }
+    let items: Vec<ItemIx> = agg.gram_items.iter().map(|&i| spaces.item_to_model[i as usize].expect("Gram items were bought")).collect();
+    let (fitted, trials) = match alpha {
+        Some(a) => (ease::fit(&agg.gram, a)?, Vec::new()),
+        None if queries.is_empty() => (ease::fit(&agg.gram, 1.0)?, Vec::new()),
+        None => {
+            let mut pos = vec![None; parts.items.ids.len()];
+            for (a, &i) in items.iter().enumerate() {
+                pos[i as usize] = Some(a);
+            }
+            let pq: Vec<PosQuery> =
+                queries.iter().map(|q| (q.basket.iter().filter_map(|&i| pos[i as usize]).collect(), pos[q.target as usize])).collect();
+            ease::choose(&agg.gram, &LAMBDA_GRID, &pq)?
+        }
+    };
+    parts.ease = ease::sparsify(&fitted, &items, parts.items.ids.len(), cfg.max_neighbours);
+    Ok(Some(EaseReport { items: items.len(), alpha: fitted.alpha, lambda: fitted.lambda, trials }))
+}
+
+/// Held-out targets drawn per validation order, at most.
+const RANKER_DRAWS: u64 = 4;
+
 /// One ranker query in model space.
 struct MQuery {
+    /// Index into `log.orders`.
+    order: usize,
     customer: Option<u32>,
     basket: Vec<ItemIx>,
     target: ItemIx,
@@ -154,7 +211,7 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
     if orders.is_empty() {
         return Err(TrainError::NotEnoughData("no training order".into()));
     }
-    let agg_cfg = AggregateConfig { max_neighbours: cfg.max_neighbours };
+    let agg_cfg = AggregateConfig { max_neighbours: cfg.max_neighbours, gram_items: cfg.ease_items };
     let mut report = TrainReport { orders: orders.len(), ..Default::default() };
     let mut timer = Timer { phases: &mut report.phases, start: Instant::now() };
 
@@ -167,28 +224,39 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
     let base_agg = Aggregates::compute(log, base, base_cut, &agg_cfg);
     progress.finish();
     timer.lap("aggregates");
-    let (parts, spaces) = build(log, &base_agg, cfg, Ranker::single(1), progress)?;
+    let (mut parts, spaces) = build(log, &base_agg, cfg, Ranker::single(1), progress)?;
     timer.lap("embeddings");
 
+    // up to RANKER_DRAWS held-out targets per validation order, for more ranker examples
+    let mut queries: Vec<MQuery> = Vec::new();
+    for draw in 0..RANKER_DRAWS {
+        if !fit_ranker_now || queries.len() >= cfg.ranker_queries {
+            break;
+        }
+        let want = cfg.ranker_queries - queries.len();
+        queries.extend(draw_index_queries(log, valid, cfg.seed.wrapping_add(draw), want).into_iter().filter_map(|(o, t)| {
+            let order = &log.orders[o];
+            let target = spaces.item_to_model[t as usize]?;
+            let log_basket: Vec<ItemIx> = order.items.iter().copied().filter(|&i| i != t).collect();
+            let basket: Vec<ItemIx> = log_basket.iter().filter_map(|&i| spaces.item_to_model[i as usize]).collect();
+            let customer = order.customer.and_then(|c| spaces.customer_to_model[c as usize]);
+            Some(MQuery { order: o, customer, basket, target, log_basket, log_target: t })
+        }));
+    }
+    // calibration queries are whole orders apart from the fitting ones
+    let share = cfg.calibration_share;
+    let (calib, fit): (Vec<&MQuery>, Vec<&MQuery>) = queries.iter().partition(|q| (q.order as f64 * share).fract() + share >= 1.0);
+    progress.start("ease", 1);
+    let fixed_alpha = (cfg.ease_lambda > 0.0).then(|| cfg.ease_lambda / ease::diagonal_scale(&base_agg.gram));
+    report.ease = fit_ease(&base_agg, &spaces, &mut parts, cfg, fixed_alpha, &fit)?;
+    progress.finish();
+    timer.lap("ease");
+
     let model = CrossSellModel::new(parts)?;
-    let mut ranker = Ranker::single(1);
+    let mut ranker = Ranker::single(feature::COOC_MEAN);
     let mut validation = ValidationMetrics::default();
+    let mut ablations = Vec::new();
     if fit_ranker_now {
-        let queries: Vec<MQuery> = draw_index_queries(log, valid, cfg.seed, cfg.ranker_queries)
-            .into_iter()
-            .filter_map(|(o, t)| {
-                let order = &log.orders[o];
-                let target = spaces.item_to_model[t as usize]?;
-                let log_basket: Vec<ItemIx> = order.items.iter().copied().filter(|&i| i != t).collect();
-                let basket: Vec<ItemIx> = log_basket.iter().filter_map(|&i| spaces.item_to_model[i as usize]).collect();
-                let customer = order.customer.and_then(|c| spaces.customer_to_model[c as usize]);
-                Some(MQuery { customer, basket, target, log_basket, log_target: t })
-            })
-            .collect();
-        let (calib, fit): (Vec<_>, Vec<_>) =
-            queries.iter().enumerate().partition(|(k, _)| (*k as f64 * cfg.calibration_share).fract() + cfg.calibration_share >= 1.0);
-        let fit: Vec<&MQuery> = fit.into_iter().map(|(_, q)| q).collect();
-        let calib: Vec<&MQuery> = calib.into_iter().map(|(_, q)| q).collect();
         report.ranker_queries = fit.len();
         if !fit.is_empty() {
             progress.start("ranker features", fit.len() as u64);
@@ -199,6 +267,14 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
             let fit_cfg = RankerFit { epochs: cfg.ranker_epochs, seed: cfg.seed, disabled: [false; N_FEATURES] };
             ranker = fit_ranker(&examples, &fit_cfg, progress)?;
             timer.lap("ranker fit");
+            if cfg.ablation {
+                for (group, features) in FEATURE_GROUPS {
+                    let mut disabled = [false; N_FEATURES];
+                    features.iter().for_each(|&f| disabled[f] = true);
+                    ablations.push((group.to_string(), fit_ranker(&examples, &RankerFit { disabled, ..fit_cfg }, progress)?));
+                }
+                timer.lap("ablation rankers");
+            }
         }
         // calibration and validation metrics on the held-out queries
         let judged = if calib.is_empty() { &fit } else { &calib };
@@ -215,7 +291,13 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
         progress.start("refit aggregates", 1);
         let agg = Aggregates::compute(log, orders, cutoff_ts, &agg_cfg);
         progress.finish();
-        let (parts, _) = build(log, &agg, cfg, ranker, progress)?;
+        let (mut parts, spaces) = build(log, &agg, cfg, ranker, progress)?;
+        // the relative λ carries over: the Gram's scale grows with the orders
+        let alpha = report.ease.as_ref().map(|e| e.alpha);
+        if let Some(e) = fit_ease(&agg, &spaces, &mut parts, cfg, alpha, &[])? {
+            let trials = report.ease.take().map(|r| r.trials).unwrap_or_default();
+            report.ease = Some(EaseReport { trials, ..e });
+        }
         timer.lap("refit");
         (parts, agg)
     } else {
@@ -226,32 +308,54 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
     report.validation = validation;
     // validates the final parts once, so a bad model fails here and not in the server
     CrossSellModel::new(parts.clone())?;
-    Ok(Fitted { parts, report, aggregates: all_agg })
+    Ok(Fitted { parts, report, aggregates: all_agg, ablations })
 }
 
-/// Target row first, then hard negatives (best by co-occurrence, then popularity), then random
-/// ones; always `1 + hard + random` rows.
+/// Features whose best-scored items become hard negatives: each candidate source's favourites,
+/// so the ranker sees every kind of item it will have to rank down when it scores the catalog.
+const NEGATIVE_SOURCES: [usize; 8] = [
+    feature::EASE,
+    feature::EASE_HISTORY,
+    feature::COOC_MEAN,
+    feature::JACCARD_MEAN,
+    feature::EMB_COMP,
+    feature::EMB_COS,
+    feature::HIST_SHARE,
+    feature::POPULARITY,
+];
+
+/// Target row first, then hard negatives (the best items of each of [`NEGATIVE_SOURCES`], in
+/// turn), then random ones; always `1 + hard + random` rows.
 fn examples_for(model: &CrossSellModel, q: &MQuery, cfg: &TrainConfig, seed: u64) -> Array2<f32> {
     let x = model.features(q.customer, &q.basket);
     let n = x.nrows();
-    let heuristic = |j: usize| x[[j, 1]] + 0.01 * x[[j, 5]] + 0.1 * x[[j, 7]];
-    let mut candidates: Vec<usize> = (0..n).filter(|&j| j as ItemIx != q.target && !q.basket.contains(&(j as ItemIx))).collect();
-    let hard_n = cfg.ranker_hard_negatives.min(candidates.len());
-    if hard_n > 0 && hard_n < candidates.len() {
-        candidates.select_nth_unstable_by(hard_n - 1, |&a, &b| heuristic(b).total_cmp(&heuristic(a)).then(a.cmp(&b)));
+    let mut taken = vec![false; n];
+    taken[q.target as usize] = true;
+    for &i in &q.basket {
+        taken[i as usize] = true;
     }
     let mut rows = vec![q.target as usize];
-    rows.extend(&candidates[..hard_n]);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let rest = &candidates[hard_n..];
-    let want = 1 + cfg.ranker_hard_negatives + cfg.ranker_random_negatives;
-    if !rest.is_empty() {
-        let take = cfg.ranker_random_negatives.min(rest.len());
-        rows.extend(sample(&mut rng, rest.len(), take).into_iter().map(|k| rest[k]));
+    let per_source = cfg.ranker_hard_negatives.div_ceil(NEGATIVE_SOURCES.len());
+    for f in NEGATIVE_SOURCES {
+        let mut best: Vec<usize> = (0..n).filter(|&j| !taken[j] && x[[j, f]] > 0.0).collect();
+        let room = per_source.min(cfg.ranker_hard_negatives + 1 - rows.len());
+        if best.len() > room && room > 0 {
+            best.select_nth_unstable_by(room - 1, |&a, &b| x[[b, f]].total_cmp(&x[[a, f]]).then(a.cmp(&b)));
+        }
+        for &j in best.iter().take(room) {
+            taken[j] = true;
+            rows.push(j);
+        }
     }
+    let want = 1 + cfg.ranker_hard_negatives + cfg.ranker_random_negatives;
+    let rest: Vec<usize> = (0..n).filter(|&j| !taken[j]).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let take = (want - rows.len()).min(rest.len());
+    rows.extend(sample(&mut rng, rest.len(), take).into_iter().map(|k| rest[k]));
     while rows.len() < want {
         // tiny catalogs: pad with repeated negatives (never the target)
-        let pool = if candidates.is_empty() { rows[..1].to_vec() } else { candidates.clone() };
+        let pool: Vec<usize> = if rows.len() > 1 { rows[1..].to_vec() } else { (0..n).filter(|&j| j != q.target as usize).collect() };
+        let pool = if pool.is_empty() { vec![q.target as usize] } else { pool };
         rows.push(pool[rng.random_range(0..pool.len())]);
     }
     x.select(ndarray::Axis(0), &rows)

@@ -89,23 +89,42 @@ pub fn fit_ranker(examples: &[Array2<f32>], fit: &RankerFit, progress: &mut dyn 
     Ok(Ranker { mean: mean.to_vec(), scale: std.to_vec(), weights, bias: 0.0, calib_a: 1.0, calib_b: 0.0 })
 }
 
-/// Platt scaling: `(a, b)` such that `sigmoid(a·s + b)` matches the labels, fitted by Newton's
-/// method on Platt's smoothed targets.
+/// Platt scaling: `(a, b)` such that `sigmoid(a·s + b)` matches the labels, fitted by damped
+/// Newton steps on Platt's smoothed targets over standardized scores (so nearly separable or
+/// nearly constant scores cannot blow the parameters up).
 pub fn fit_platt(scores: &[f32], labels: &[bool]) -> (f32, f32) {
     let pos = labels.iter().filter(|&&y| y).count() as f64;
     let neg = labels.len() as f64 - pos;
     if pos == 0.0 || neg == 0.0 {
         return (1.0, if pos == 0.0 { -10.0 } else { 10.0 });
     }
+    let n = scores.len() as f64;
+    let mean = scores.iter().map(|&s| f64::from(s)).sum::<f64>() / n;
+    let sd = (scores.iter().map(|&s| (f64::from(s) - mean).powi(2)).sum::<f64>() / n).sqrt().max(1e-9);
+    let z: Vec<f64> = scores.iter().map(|&s| (f64::from(s) - mean) / sd).collect();
     let (t_pos, t_neg) = ((pos + 1.0) / (pos + 2.0), 1.0 / (neg + 2.0));
+    let target = |y: bool| if y { t_pos } else { t_neg };
+    // cross-entropy against the smoothed targets, with a weak ridge on the slope
+    let loss = |a: f64, b: f64| -> f64 {
+        let ce: f64 = z
+            .iter()
+            .zip(labels)
+            .map(|(&s, &y)| {
+                let m = a * s + b;
+                let t = target(y);
+                // log(1 + e^m) − t·m, computed stably
+                m.max(0.0) + (-m.abs()).exp().ln_1p() - t * m
+            })
+            .sum();
+        ce + 1e-3 * a * a
+    };
     let (mut a, mut b) = (1.0f64, ((pos + 1.0) / (neg + 1.0)).ln());
+    let mut current = loss(a, b);
     for _ in 0..100 {
-        let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (0.0, 0.0, 1e-9, 0.0, 1e-9);
-        for (&s, &y) in scores.iter().zip(labels) {
-            let s = f64::from(s);
+        let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (2e-3 * a, 0.0, 2e-3, 0.0, 1e-9);
+        for (&s, &y) in z.iter().zip(labels) {
             let p = 1.0 / (1.0 + (-(a * s + b)).exp());
-            let t = if y { t_pos } else { t_neg };
-            let (g, h) = (p - t, (p * (1.0 - p)).max(1e-12));
+            let (g, h) = (p - target(y), (p * (1.0 - p)).max(1e-12));
             ga += g * s;
             gb += g;
             haa += h * s * s;
@@ -118,11 +137,21 @@ pub fn fit_platt(scores: &[f32], labels: &[bool]) -> (f32, f32) {
         }
         let da = (hbb * ga - hab * gb) / det;
         let db = (haa * gb - hab * ga) / det;
-        a -= da;
-        b -= db;
-        if da.abs() < 1e-9 && db.abs() < 1e-9 {
+        let mut step = 1.0;
+        let mut improved = false;
+        while step > 1e-6 {
+            let (na, nb) = (a - step * da, b - step * db);
+            let l = loss(na, nb);
+            if l <= current {
+                (a, b, current, improved) = (na, nb, l, true);
+                break;
+            }
+            step *= 0.5;
+        }
+        if !improved || (step * da).abs() < 1e-10 && (step * db).abs() < 1e-10 {
             break;
         }
     }
-    (a as f32, b as f32)
+    // back to raw scores: a·(s − mean)/sd + b
+    ((a / sd) as f32, (b - a * mean / sd) as f32)
 }

@@ -1,0 +1,257 @@
+//! EASE (Steck, 2019): a closed-form item-item regression.
+//!
+//! `B = I − P · diag(1 / diag(P))` with `P = (G + λI)⁻¹`, where `G` is the item-item Gram
+//! matrix (orders containing both items; the diagonal is the item's order count). `B[i, j]` is
+//! how much having `i` in a basket predicts `j`, with the other basket items explained away,
+//! which is what separates it from raw co-occurrence.
+//!
+//! The inverse is dense and cubic, so it covers only the `ease_items` most-bought items (the
+//! aggregate pass builds their Gram, [`xsell_core::aggregate::Aggregates::gram`]); the served
+//! model keeps the strongest entries of each row ([`sparsify`]). The inversion is a blocked
+//! Gauss-Jordan sweep whose work is all matrix products (ndarray's `general_mat_mul`), split
+//! over the rayon pool by rows.
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, Axis, s};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use xsell_core::metrics::{Evaluator, QueryTags};
+use xsell_core::{Csr, ItemIx};
+
+use crate::{Result, TrainError};
+
+/// Candidate regularizations, as multiples of the mean Gram diagonal (the mean order count of
+/// the covered items): the best one on the validation queries is kept.
+pub const LAMBDA_GRID: [f64; 5] = [0.1, 0.3, 1.0, 3.0, 10.0];
+
+/// EASE weights over the covered items.
+#[derive(Debug, Clone)]
+pub struct Ease {
+    /// The regularization used, as a multiple of the mean Gram diagonal.
+    pub alpha: f64,
+    /// The regularization used.
+    pub lambda: f64,
+    /// `b[a, b]` between the covered items `a` and `b` (zero diagonal).
+    pub b: Array2<f32>,
+}
+
+/// One validation query over covered-item positions: basket positions and the target's
+/// position (`None` when the target is not covered).
+pub type PosQuery = (Vec<usize>, Option<usize>);
+
+/// How one λ did on the validation queries.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct LambdaTrial {
+    /// λ as a multiple of the mean Gram diagonal.
+    pub alpha: f64,
+    /// λ.
+    pub lambda: f64,
+    /// hit@10.
+    pub hit10: f64,
+    /// mrr@20.
+    pub mrr20: f64,
+}
+
+/// Fits EASE on a Gram matrix with regularization λ = `alpha` × [`diagonal_scale`].
+pub fn fit(gram: &Array2<f32>, alpha: f64) -> Result<Ease> {
+    let m = gram.nrows();
+    let lambda = alpha * diagonal_scale(gram);
+    let mut p = gram.mapv(f64::from);
+    for a in 0..m {
+        p[[a, a]] += lambda;
+    }
+    spd_inverse(&mut p)?;
+    let d: Array1<f64> = p.diag().to_owned();
+    let mut b = Array2::<f32>::zeros((m, m));
+    b.axis_iter_mut(Axis(0)).into_par_iter().zip(p.axis_iter(Axis(0)).into_par_iter()).enumerate().for_each(|(a, (mut row, prow))| {
+        for (c, (v, &pv)) in row.iter_mut().zip(prow.iter()).enumerate() {
+            *v = if a == c { 0.0 } else { (-pv / d[c]) as f32 };
+        }
+    });
+    Ok(Ease { alpha, lambda, b })
+}
+
+/// Mean of the Gram diagonal: the scale the λ grid is relative to.
+pub fn diagonal_scale(gram: &Array2<f32>) -> f64 {
+    let m = gram.nrows().max(1) as f64;
+    (gram.diag().iter().map(|&v| f64::from(v)).sum::<f64>() / m).max(1.0)
+}
+
+/// Fits EASE at each λ of `grid` (multiples of [`diagonal_scale`]) and keeps the one with the
+/// best hit@10 + mrr@20 on `queries`; ties go to the larger λ.
+pub fn choose(gram: &Array2<f32>, grid: &[f64], queries: &[PosQuery]) -> Result<(Ease, Vec<LambdaTrial>)> {
+    let mut best: Option<(f64, Ease)> = None;
+    let mut trials = Vec::new();
+    for &alpha in grid {
+        let ease = fit(gram, alpha)?;
+        let (hit10, mrr20) = judge(&ease, queries);
+        trials.push(LambdaTrial { alpha, lambda: ease.lambda, hit10, mrr20 });
+        if best.as_ref().is_none_or(|(s, _)| hit10 + mrr20 >= *s) {
+            best = Some((hit10 + mrr20, ease));
+        }
+    }
+    let (_, ease) = best.ok_or_else(|| TrainError::Config { name: "ease_lambda", reason: "the λ grid is empty".into() })?;
+    Ok((ease, trials))
+}
+
+/// hit@10 and mrr@20 of EASE alone on `queries`.
+pub fn judge(ease: &Ease, queries: &[PosQuery]) -> (f64, f64) {
+    let m = ease.b.nrows();
+    let ranked: Vec<Vec<String>> = queries
+        .par_iter()
+        .map(|(basket, _)| {
+            let mut score = Array1::<f32>::zeros(m);
+            for &a in basket {
+                score += &ease.b.row(a);
+            }
+            let mut order: Vec<usize> = (0..m).filter(|c| !basket.contains(c)).collect();
+            let top = 20.min(order.len());
+            if top > 0 && top < order.len() {
+                order.select_nth_unstable_by(top - 1, |&x, &y| score[y].total_cmp(&score[x]).then(x.cmp(&y)));
+            }
+            order.truncate(top);
+            order.sort_unstable_by(|&x, &y| score[y].total_cmp(&score[x]).then(x.cmp(&y)));
+            order.iter().map(|c| c.to_string()).collect()
+        })
+        .collect();
+    let mut ev = Evaluator::new();
+    for (r, (_, target)) in ranked.iter().zip(queries) {
+        let t = target.map_or_else(|| "-".to_string(), |t| t.to_string());
+        ev.add(r, None, &t, QueryTags::default());
+    }
+    let m = ev.finish(m);
+    (m.hit10, m.mrr20)
+}
+
+/// The strongest `keep` weights (by magnitude) of each covered row, as an `n_items` × `n_items`
+/// sparse matrix; `items[a]` is the item of covered position `a`.
+pub fn sparsify(ease: &Ease, items: &[ItemIx], n_items: usize, keep: usize) -> Csr {
+    let mut rows: Vec<Vec<(u32, f32)>> = vec![Vec::new(); n_items];
+    let kept: Vec<Vec<(u32, f32)>> = ease
+        .b
+        .axis_iter(Axis(0))
+        .into_par_iter()
+        .map(|row| {
+            let mut r: Vec<(u32, f32)> = row.iter().enumerate().filter(|(_, v)| **v != 0.0).map(|(c, &v)| (items[c], v)).collect();
+            if r.len() > keep {
+                r.select_nth_unstable_by(keep, |x, y| y.1.abs().total_cmp(&x.1.abs()).then(x.0.cmp(&y.0)));
+                r.truncate(keep);
+            }
+            r
+        })
+        .collect();
+    for (a, r) in kept.into_iter().enumerate() {
+        rows[items[a] as usize] = r;
+    }
+    Csr::from_rows(rows)
+}
+
+const BLOCK: usize = 192;
+
+/// Inverts a symmetric positive definite matrix in place.
+pub fn spd_inverse(a: &mut Array2<f64>) -> Result<()> {
+    let n = a.nrows();
+    if a.ncols() != n {
+        return Err(TrainError::Tensor(format!("cannot invert a {}×{} matrix", n, a.ncols())));
+    }
+    let mut k0 = 0;
+    while k0 < n {
+        let k1 = (k0 + BLOCK).min(n);
+        let mut p = a.slice(s![k0..k1, k0..k1]).to_owned();
+        small_inverse(&mut p)?;
+        let c = a.slice(s![.., k0..k1]).to_owned();
+        // new pivot rows: P · A[K, :]
+        let mut r = Array2::<f64>::zeros((k1 - k0, n));
+        general_mat_mul(1.0, &p, &a.slice(s![k0..k1, ..]), 0.0, &mut r);
+        let (top, rest) = a.view_mut().split_at(Axis(0), k0);
+        let (_, bottom) = rest.split_at(Axis(0), k1 - k0);
+        let (c_top, rest) = c.view().split_at(Axis(0), k0);
+        let (_, c_bottom) = rest.split_at(Axis(0), k1 - k0);
+        rayon::join(|| sweep_rows(top, c_top, r.view(), p.view(), k0), || sweep_rows(bottom, c_bottom, r.view(), p.view(), k0));
+        a.slice_mut(s![k0..k1, ..]).assign(&r);
+        a.slice_mut(s![k0..k1, k0..k1]).assign(&p);
+        k0 = k1;
+    }
+    Ok(())
+}
+
+/// `A[o, :] −= C[o] · R`, then `A[o, K] = −C[o] · P`, in row chunks over the rayon pool.
+fn sweep_rows(mut a: ArrayViewMut2<'_, f64>, c: ArrayView2<'_, f64>, r: ArrayView2<'_, f64>, p: ArrayView2<'_, f64>, k0: usize) {
+    const CHUNK: usize = 512;
+    if a.nrows() > CHUNK {
+        let mid = a.nrows() / 2;
+        let (a1, a2) = a.split_at(Axis(0), mid);
+        let (c1, c2) = c.split_at(Axis(0), mid);
+        rayon::join(|| sweep_rows(a1, c1, r, p, k0), || sweep_rows(a2, c2, r, p, k0));
+        return;
+    }
+    if a.nrows() == 0 {
+        return;
+    }
+    general_mat_mul(-1.0, &c, &r, 1.0, &mut a);
+    let mut ak = a.slice_mut(s![.., k0..k0 + p.nrows()]);
+    general_mat_mul(-1.0, &c, &p, 0.0, &mut ak);
+}
+
+/// Unblocked Gauss-Jordan inverse of a small SPD block.
+fn small_inverse(a: &mut Array2<f64>) -> Result<()> {
+    let n = a.nrows();
+    for k in 0..n {
+        let d = a[[k, k]];
+        if !(d.is_finite() && d > 1e-12) {
+            return Err(TrainError::Tensor("the regularized Gram matrix is not positive definite".into()));
+        }
+        let inv = 1.0 / d;
+        a[[k, k]] = inv;
+        for j in 0..n {
+            if j != k {
+                a[[k, j]] *= inv;
+            }
+        }
+        for i in 0..n {
+            if i == k {
+                continue;
+            }
+            let f = a[[i, k]];
+            if f == 0.0 {
+                continue;
+            }
+            for j in 0..n {
+                if j != k {
+                    a[[i, j]] -= f * a[[k, j]];
+                }
+            }
+            a[[i, k]] = -f * inv;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inverse_matches_identity() {
+        // a random SPD matrix bigger than a block: X^T X + I
+        let n = 2 * BLOCK + 37;
+        let x = Array2::from_shape_fn((n + 5, n), |(i, j)| (((i * 31 + j * 17) % 23) as f64 - 11.0) / 7.0);
+        let g = x.t().dot(&x) + Array2::<f64>::eye(n);
+        let mut inv = g.clone();
+        spd_inverse(&mut inv).unwrap();
+        let id = g.dot(&inv);
+        let err = (&id - &Array2::<f64>::eye(n)).iter().fold(0f64, |m, v| m.max(v.abs()));
+        assert!(err < 1e-8, "max |G·G⁻¹ − I| = {err}");
+    }
+
+    #[test]
+    #[ignore = "timing probe: cargo test --release -p xsell-train ease::tests::inverse_speed -- --ignored --nocapture"]
+    fn inverse_speed() {
+        let n: usize = std::env::var("XSELL_N").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+        let x = Array2::from_shape_fn((n, n), |(i, j)| if (i * 7 + j * 13) % 97 == 0 { 1.0 } else { 0.0 });
+        let mut g = x.t().dot(&x) + Array2::<f64>::eye(n) * 20.0;
+        let t = std::time::Instant::now();
+        spd_inverse(&mut g).unwrap();
+        eprintln!("n = {n}: {:.2} s", t.elapsed().as_secs_f64());
+    }
+}
