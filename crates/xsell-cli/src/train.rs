@@ -154,7 +154,7 @@ pub fn print_summary(r: &xsell_train::TrainReport, read_secs: f64, total_secs: f
         }
     }
     if let Some(e) = &r.ease {
-        println!("EASE over the {} most-bought items, λ = {:.1} ({} × mean item orders)", e.items, e.lambda, e.alpha);
+        println!("EASE over the {} most-bought items, λ = {:.1} ({:.3} × mean item orders)", e.items, e.lambda, e.alpha);
         for t in &e.trials {
             println!("  λ = {:>5} × mean: hit@10 {:.4}, mrr@20 {:.4} (validation, EASE alone)", t.alpha, t.hit10, t.mrr20);
         }

@@ -24,11 +24,13 @@ pub struct AggregateConfig {
     pub max_neighbours: usize,
     /// Build the full Gram matrix of this many most-bought items (0: none).
     pub gram_items: usize,
+    /// The newest share of the orders counted again as the recent period (trends).
+    pub recent_fraction: f64,
 }
 
 impl Default for AggregateConfig {
     fn default() -> Self {
-        Self { max_neighbours: 200, gram_items: 0 }
+        Self { max_neighbours: 200, gram_items: 0, recent_fraction: 0.1 }
     }
 }
 
@@ -39,12 +41,19 @@ pub struct Aggregates {
     pub n_orders: u64,
     /// Orders containing each item.
     pub item_orders: Vec<f32>,
+    /// Orders of the recent period (the newest `recent_fraction` of the orders).
+    pub n_recent: u64,
+    /// Orders of the recent period containing each item.
+    pub item_recent_orders: Vec<f32>,
     /// Return lines per item.
     pub item_returns: Vec<f32>,
     /// `pairs[i, j]` = orders containing both `i` and `j` (strongest `max_neighbours` per row).
     pub pairs: Csr,
     /// `history[c, i]` = orders of customer `c` containing `i`.
     pub history: Csr,
+    /// `since[c, i]` = orders customer `c` placed after their last one containing `i` (0: `i` is
+    /// in their latest order); the same sparsity as `history`.
+    pub since: Csr,
     /// Orders per customer.
     pub customer_orders: Vec<f32>,
     /// Purchase lines per customer (distinct items per order, summed).
@@ -68,19 +77,27 @@ impl Aggregates {
         let mut by_item: Vec<Vec<u32>> = vec![Vec::new(); n_items];
         let mut customer_orders = vec![0f32; n_cust];
         let mut customer_lines = vec![0f32; n_cust];
-        let mut hist: Vec<HashMap<ItemIx, f32>> = vec![HashMap::new(); n_cust];
+        let mut hist: Vec<HashMap<ItemIx, (f32, f32)>> = vec![HashMap::new(); n_cust];
+        let n_recent = ((orders.len() as f64 * cfg.recent_fraction).ceil() as usize).min(orders.len());
+        let recent_from = orders.len() - n_recent;
+        let mut item_recent_orders = vec![0f32; n_items];
         for (k, &o) in orders.iter().enumerate() {
             let order = &log.orders[o];
             for &i in &order.items {
                 item_orders[i as usize] += 1.0;
+                if k >= recent_from {
+                    item_recent_orders[i as usize] += 1.0;
+                }
                 by_item[i as usize].push(k as u32);
             }
             if let Some(c) = order.customer {
                 let c = c as usize;
+                let ordinal = customer_orders[c];
                 customer_orders[c] += 1.0;
                 customer_lines[c] += order.items.len() as f32;
                 for &i in &order.items {
-                    *hist[c].entry(i).or_default() += 1.0;
+                    let e = hist[c].entry(i).or_default();
+                    *e = (e.0 + 1.0, ordinal);
                 }
             }
         }
@@ -151,13 +168,18 @@ impl Aggregates {
             }
             pair_rows.push(row);
         }
-        let history = Csr::from_rows(hist.into_iter().map(|h| h.into_iter().collect::<Vec<_>>()));
+        let history = Csr::from_rows(hist.iter().map(|h| h.iter().map(|(&i, &(n, _))| (i, n)).collect::<Vec<_>>()));
+        let since =
+            Csr::from_rows(hist.iter().zip(&customer_orders).map(|(h, &n)| h.iter().map(|(&i, &(_, last))| (i, n - 1.0 - last)).collect()));
         Aggregates {
             n_orders: orders.len() as u64,
             item_orders,
+            n_recent: n_recent as u64,
+            item_recent_orders,
             item_returns,
             pairs: Csr::from_rows(pair_rows),
             history,
+            since,
             customer_orders,
             customer_lines,
             customer_returns,

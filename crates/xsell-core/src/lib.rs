@@ -13,6 +13,7 @@ pub mod error;
 pub mod log;
 pub mod metrics;
 pub mod model;
+pub mod names;
 pub mod protocol;
 
 pub use aggregate::Aggregates;

@@ -7,13 +7,14 @@
 
 use std::collections::HashMap;
 
-use ndarray::{Array1, Array2, ArrayView1, Axis};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 
+use crate::names::NameIndex;
 use crate::{Csr, CustomerIx, Error, ItemIx, Result};
 
 /// Names of the ranker's features, in column order of [`CrossSellModel::features`].
-pub const FEATURES: [&str; 12] = [
+pub const FEATURES: [&str; 16] = [
     "cooc_max",     // max over basket items i of P(j | i)
     "cooc_mean",    // mean over basket items of P(j | i)
     "jaccard_max",  // max over basket items of |i ∧ j| / |i ∨ j|
@@ -22,9 +23,13 @@ pub const FEATURES: [&str; 12] = [
     "ease_history", // sum over the customer's past items of their order share × B[i, j]
     "emb_comp",     // mean over basket items of input(i) · output(j): "bought with"
     "emb_cos",      // max cosine(input(i), input(j)): "used in the same contexts"
+    "name_basket",  // cosine of j's name (TF-IDF of its words) with the basket's names together
+    "name_max",     // max over basket items of the cosine between the two names
     "popularity",   // log(1 + orders with j) / log(1 + orders)
+    "pop_recent",   // the same over the newest training orders (trends, seasons)
     "hist_log",     // log(1 + orders of this customer with j)
     "hist_share",   // share of this customer's orders with j
+    "hist_recency", // 1 / (1 + this customer's orders since their last one with j)
     "item_returns", // share of j's sold lines that came back
 ];
 /// Number of ranker features.
@@ -41,21 +46,26 @@ pub mod feature {
     pub const EASE_HISTORY: usize = 5;
     pub const EMB_COMP: usize = 6;
     pub const EMB_COS: usize = 7;
-    pub const POPULARITY: usize = 8;
-    pub const HIST_LOG: usize = 9;
-    pub const HIST_SHARE: usize = 10;
-    pub const ITEM_RETURNS: usize = 11;
+    pub const NAME_BASKET: usize = 8;
+    pub const NAME_MAX: usize = 9;
+    pub const POPULARITY: usize = 10;
+    pub const POP_RECENT: usize = 11;
+    pub const HIST_LOG: usize = 12;
+    pub const HIST_SHARE: usize = 13;
+    pub const HIST_RECENCY: usize = 14;
+    pub const ITEM_RETURNS: usize = 15;
 }
 
 /// Feature groups, for ablations: a group's features are zeroed together.
-pub const FEATURE_GROUPS: [(&str, &[usize]); 6] = {
+pub const FEATURE_GROUPS: [(&str, &[usize]); 7] = {
     use feature::*;
     [
         ("co-occurrence", &[COOC_MAX, COOC_MEAN, JACCARD_MAX, JACCARD_MEAN]),
         ("ease", &[EASE]),
         ("embeddings", &[EMB_COMP, EMB_COS]),
-        ("popularity", &[POPULARITY]),
-        ("customer history", &[EASE_HISTORY, HIST_LOG, HIST_SHARE]),
+        ("names", &[NAME_BASKET, NAME_MAX]),
+        ("popularity", &[POPULARITY, POP_RECENT]),
+        ("customer history", &[EASE_HISTORY, HIST_LOG, HIST_SHARE, HIST_RECENCY]),
         ("returns", &[ITEM_RETURNS]),
     ]
 };
@@ -73,6 +83,8 @@ pub struct ItemTable {
     pub prices: Vec<f32>,
     /// Training orders containing the item.
     pub orders: Vec<f32>,
+    /// Recent training orders containing the item.
+    pub recent_orders: Vec<f32>,
     /// Share of sold lines returned.
     pub return_rate: Vec<f32>,
 }
@@ -88,7 +100,10 @@ pub struct CustomerTable {
     pub return_rate: Vec<f32>,
 }
 
-/// The learned ranker: a linear model over standardized features, then Platt calibration.
+/// The learned ranker over standardized features `z = (x − mean) / scale`: a linear part plus,
+/// optionally, one hidden ReLU layer, then Platt calibration.
+///
+/// `score = weights · z + bias + Σₕ hidden_out[h] · relu(hidden[h] · z + hidden_bias[h])`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ranker {
     /// Feature means subtracted before scoring.
@@ -99,6 +114,15 @@ pub struct Ranker {
     pub weights: Vec<f32>,
     /// Intercept.
     pub bias: f32,
+    /// Hidden units' weights, units × features, row-major (empty: a linear ranker).
+    #[serde(default)]
+    pub hidden: Vec<f32>,
+    /// Hidden units' intercepts.
+    #[serde(default)]
+    pub hidden_bias: Vec<f32>,
+    /// Hidden units' output weights.
+    #[serde(default)]
+    pub hidden_out: Vec<f32>,
     /// Calibration slope: probability = sigmoid(calib_a × score + calib_b).
     pub calib_a: f32,
     /// Calibration intercept.
@@ -110,14 +134,58 @@ impl Ranker {
     pub fn single(feature: usize) -> Self {
         let mut weights = vec![0.0; N_FEATURES];
         weights[feature] = 1.0;
-        Ranker { mean: vec![0.0; N_FEATURES], scale: vec![1.0; N_FEATURES], weights, bias: 0.0, calib_a: 1.0, calib_b: 0.0 }
+        Ranker {
+            mean: vec![0.0; N_FEATURES],
+            scale: vec![1.0; N_FEATURES],
+            weights,
+            bias: 0.0,
+            hidden: Vec::new(),
+            hidden_bias: Vec::new(),
+            hidden_out: Vec::new(),
+            calib_a: 1.0,
+            calib_b: 0.0,
+        }
+    }
+
+    /// Number of hidden units.
+    pub fn n_hidden(&self) -> usize {
+        self.hidden_out.len()
+    }
+
+    /// Checks shapes and values.
+    pub fn validate(&self) -> Result<()> {
+        let inc = |m: String| Err(Error::Inconsistent(m));
+        if self.mean.len() != N_FEATURES || self.scale.len() != N_FEATURES || self.weights.len() != N_FEATURES {
+            return inc(format!("the ranker must have {N_FEATURES} features"));
+        }
+        let h = self.n_hidden();
+        if self.hidden.len() != h * N_FEATURES || self.hidden_bias.len() != h {
+            return inc(format!("the ranker's hidden layer must be {h} × {N_FEATURES} with {h} intercepts"));
+        }
+        let params = [&self.mean, &self.weights, &self.hidden, &self.hidden_bias, &self.hidden_out];
+        if params.iter().any(|v| v.iter().any(|x| !x.is_finite()))
+            || self.scale.iter().any(|s| !(s.is_finite() && *s > 0.0))
+            || !(self.bias.is_finite() && self.calib_a.is_finite() && self.calib_b.is_finite())
+        {
+            return inc("the ranker has a non-finite or non-positive parameter".into());
+        }
+        Ok(())
     }
 
     /// Scores of each row of a feature matrix.
     pub fn scores(&self, x: &Array2<f32>) -> Array1<f32> {
-        let w: Array1<f32> = self.weights.iter().zip(&self.scale).map(|(w, s)| w / s).collect();
-        let offset: f32 = self.bias - self.mean.iter().zip(w.iter()).map(|(m, w)| m * w).sum::<f32>();
-        x.dot(&w) + offset
+        let mean = ArrayView1::from(&self.mean);
+        let scale = ArrayView1::from(&self.scale);
+        let z = (x - &mean) / scale;
+        let mut s = z.dot(&ArrayView1::from(&self.weights)) + self.bias;
+        let h = self.n_hidden();
+        if h > 0 {
+            let w1 = ArrayView2::from_shape((h, N_FEATURES), &self.hidden).expect("validated shape");
+            let mut a = z.dot(&w1.t()) + ArrayView1::from(&self.hidden_bias);
+            a.mapv_inplace(|v| v.max(0.0));
+            s += &a.dot(&ArrayView1::from(&self.hidden_out));
+        }
+        s
     }
 
     /// Calibrated probability of a score.
@@ -188,6 +256,8 @@ pub struct ModelParts {
     pub pairs: Csr,
     /// `history[c, i]`: training orders of customer `c` with item `i`.
     pub history: Csr,
+    /// `since[c, i]`: orders of customer `c` after their last one with item `i`.
+    pub since: Csr,
     /// `ease[i, j]`: the EASE item-item weight (the strongest entries of each row).
     pub ease: Csr,
     /// Input ("context") item embeddings, items × dim.
@@ -196,6 +266,8 @@ pub struct ModelParts {
     pub emb_out: Array2<f32>,
     /// Training orders.
     pub n_orders: f32,
+    /// Recent training orders (the newest part, for trends).
+    pub n_recent: f32,
     /// The ranker.
     pub ranker: Ranker,
     /// The policy.
@@ -348,6 +420,7 @@ pub struct CrossSellModel {
     /// Per category: are two of its items bought together less often than chance?
     substitute_category: Vec<bool>,
     emb_in_unit: Array2<f32>,
+    names: NameIndex,
 }
 
 impl CrossSellModel {
@@ -360,7 +433,10 @@ impl CrossSellModel {
             return inc("the model has no item".into());
         }
         let it = &parts.items;
-        if [it.names.len(), it.categories.len(), it.prices.len(), it.orders.len(), it.return_rate.len()].iter().any(|&l| l != n) {
+        if [it.names.len(), it.categories.len(), it.prices.len(), it.orders.len(), it.recent_orders.len(), it.return_rate.len()]
+            .iter()
+            .any(|&l| l != n)
+        {
             return inc("item table columns differ in length".into());
         }
         let ct = &parts.customers;
@@ -369,6 +445,7 @@ impl CrossSellModel {
         }
         parts.pairs.validate(n, n).map_err(|e| Error::Inconsistent(format!("pairs: {e}")))?;
         parts.history.validate(nc, n).map_err(|e| Error::Inconsistent(format!("history: {e}")))?;
+        parts.since.validate(nc, n).map_err(|e| Error::Inconsistent(format!("since: {e}")))?;
         parts.ease.validate(n, n).map_err(|e| Error::Inconsistent(format!("ease: {e}")))?;
         if parts.emb_in.nrows() != n || parts.emb_out.dim() != parts.emb_in.dim() {
             return inc(format!("embeddings have shape {:?}/{:?}, expected {n} rows", parts.emb_in.dim(), parts.emb_out.dim()));
@@ -376,13 +453,7 @@ impl CrossSellModel {
         if parts.emb_in.iter().chain(parts.emb_out.iter()).any(|v| !v.is_finite()) {
             return inc("an embedding value is not finite".into());
         }
-        let r = &parts.ranker;
-        if r.mean.len() != N_FEATURES || r.scale.len() != N_FEATURES || r.weights.len() != N_FEATURES {
-            return inc(format!("the ranker must have {N_FEATURES} features"));
-        }
-        if r.scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) || !(r.bias.is_finite() && r.calib_a.is_finite() && r.calib_b.is_finite()) {
-            return inc("the ranker has a non-finite or non-positive parameter".into());
-        }
+        parts.ranker.validate()?;
         let mut item_index = HashMap::with_capacity(n);
         for (i, id) in it.ids.iter().enumerate() {
             if item_index.insert(id.clone(), i as ItemIx).is_some() {
@@ -407,7 +478,8 @@ impl CrossSellModel {
             row.mapv_inplace(|v| v / norm);
         }
         let substitute_category = substitute_categories(&parts, &category_of, category_index.len());
-        Ok(CrossSellModel { parts, item_index, customer_index, category_of, category_index, substitute_category, emb_in_unit })
+        let names = NameIndex::new(&parts.items.names);
+        Ok(CrossSellModel { parts, item_index, customer_index, category_of, category_index, substitute_category, emb_in_unit, names })
     }
 
     /// The stored parts.
@@ -438,8 +510,10 @@ impl CrossSellModel {
         let n = self.n_items();
         let mut x = Array2::<f32>::zeros((n, N_FEATURES));
         let log_n = (1.0 + p.n_orders).ln().max(1e-6);
+        let log_recent = (1.0 + p.n_recent).ln().max(1e-6);
         for j in 0..n {
             x[[j, POPULARITY]] = (1.0 + p.items.orders[j]).ln() / log_n;
+            x[[j, POP_RECENT]] = (1.0 + p.items.recent_orders[j]).ln() / log_recent;
             x[[j, ITEM_RETURNS]] = p.items.return_rate[j];
         }
         if !basket.is_empty() {
@@ -461,6 +535,9 @@ impl CrossSellModel {
                     x[[j as usize, EASE]] += b;
                 }
             }
+            let (name_basket, name_max) = self.names.features(basket, n);
+            x.column_mut(NAME_BASKET).assign(&ArrayView1::from(&name_basket));
+            x.column_mut(NAME_MAX).assign(&ArrayView1::from(&name_max));
             let rows: Vec<usize> = basket.iter().map(|&i| i as usize).collect();
             let mean_in = p.emb_in.select(Axis(0), &rows).mean_axis(Axis(0)).expect("basket is not empty");
             x.column_mut(EMB_COMP).assign(&p.emb_out.dot(&mean_in));
@@ -476,6 +553,7 @@ impl CrossSellModel {
                 let share = h / orders;
                 x[[i as usize, HIST_LOG]] = h.ln_1p();
                 x[[i as usize, HIST_SHARE]] = share;
+                x[[i as usize, HIST_RECENCY]] = 1.0 / (1.0 + p.since.get(c as usize, i).max(0.0));
                 let (ecols, evals) = p.ease.row(i as usize);
                 for (&j, &b) in ecols.iter().zip(evals) {
                     x[[j as usize, EASE_HISTORY]] += share * b;

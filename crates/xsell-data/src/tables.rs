@@ -17,7 +17,7 @@ fn f32s(v: &[f32]) -> ArrayRef {
     Arc::new(Float32Array::from(v.to_vec()))
 }
 
-/// Writes the catalog: `item_id, item_name, category, unit_price, orders, return_rate`.
+/// Writes the catalog: `item_id, item_name, category, unit_price, orders, recent_orders, return_rate`.
 pub fn write_catalog(path: &Path, items: &ItemTable) -> Result<()> {
     let schema = Schema::new(vec![
         Field::new("item_id", DataType::Utf8, false),
@@ -25,6 +25,7 @@ pub fn write_catalog(path: &Path, items: &ItemTable) -> Result<()> {
         Field::new("category", DataType::Utf8, true),
         Field::new("unit_price", DataType::Float32, false),
         Field::new("orders", DataType::Float32, false),
+        Field::new("recent_orders", DataType::Float32, false),
         Field::new("return_rate", DataType::Float32, false),
     ]);
     let columns: Vec<ArrayRef> = vec![
@@ -33,6 +34,7 @@ pub fn write_catalog(path: &Path, items: &ItemTable) -> Result<()> {
         Arc::new(items.categories.iter().map(|s| s.as_deref()).collect::<StringArray>()),
         f32s(&items.prices),
         f32s(&items.orders),
+        f32s(&items.recent_orders),
         f32s(&items.return_rate),
     ];
     let batch =
@@ -124,6 +126,7 @@ pub fn read_catalog(path: &Path) -> Result<ItemTable> {
         categories: t.strings("category", true)?,
         prices: t.floats("unit_price")?,
         orders: t.floats("orders")?,
+        recent_orders: t.floats("recent_orders")?,
         return_rate: t.floats("return_rate")?,
     })
 }

@@ -67,6 +67,9 @@ pub struct Manifest {
     pub dim: usize,
     /// Training orders.
     pub n_orders: f32,
+    /// Recent training orders (the trend window).
+    #[serde(default)]
+    pub n_recent: f32,
 }
 
 impl Manifest {
@@ -89,6 +92,7 @@ impl Manifest {
             n_customers: 0,
             dim: 0,
             n_orders: 0.0,
+            n_recent: 0.0,
         }
     }
 }
@@ -132,6 +136,7 @@ pub fn save(dir: &Path, mut manifest: Manifest, parts: &ModelParts) -> Result<Pa
     manifest.n_customers = parts.customers.ids.len();
     manifest.dim = parts.emb_in.ncols();
     manifest.n_orders = parts.n_orders;
+    manifest.n_recent = parts.n_recent;
     manifest.ranker = parts.ranker.clone();
     manifest.policy = parts.policy;
     manifest.features = xsell_core::model::FEATURES.iter().map(|s| s.to_string()).collect();
@@ -166,7 +171,7 @@ fn write_tensors(path: &Path, parts: &ModelParts) -> Result<()> {
     let emb_out = f32_bytes(&parts.emb_out.iter().copied().collect::<Vec<_>>());
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> =
         vec![("emb_in".into(), Dtype::F32, vec![n, d], emb_in), ("emb_out".into(), Dtype::F32, vec![n, d], emb_out)];
-    for (name, csr) in [("pairs", &parts.pairs), ("history", &parts.history), ("ease", &parts.ease)] {
+    for (name, csr) in [("pairs", &parts.pairs), ("history", &parts.history), ("since", &parts.since), ("ease", &parts.ease)] {
         owned.push((format!("{name}.indptr"), Dtype::U32, vec![csr.indptr.len()], u32_bytes(&csr.indptr)));
         owned.push((format!("{name}.indices"), Dtype::U32, vec![csr.indices.len()], u32_bytes(&csr.indices)));
         owned.push((format!("{name}.values"), Dtype::F32, vec![csr.values.len()], f32_bytes(&csr.values)));
@@ -254,10 +259,12 @@ pub fn load(path: &Path) -> Result<Bundle> {
         customer_lines,
         pairs: csr("pairs")?,
         history: csr("history")?,
+        since: csr("since")?,
         ease: csr("ease")?,
         emb_in: matrix("emb_in")?,
         emb_out: matrix("emb_out")?,
         n_orders: manifest.n_orders,
+        n_recent: manifest.n_recent,
         ranker: manifest.ranker.clone(),
         policy: manifest.policy,
     };

@@ -26,9 +26,13 @@ pub struct TrainConfig {
     pub max_neighbours: usize,
     /// EASE covers this many most-bought items (its inverse is cubic in it; 0 turns EASE off).
     pub ease_items: usize,
+    /// λ is chosen on the Gram of this many most-bought items (a leading block of the whole).
+    pub ease_search_items: usize,
     /// EASE regularization; 0 chooses it on the validation queries from
     /// [`crate::ease::LAMBDA_GRID`].
     pub ease_lambda: f64,
+    /// Share of the newest orders counted again as the recent period (the trend feature).
+    pub recent_fraction: f64,
     /// Share of the newest training orders used to fit and calibrate the ranker.
     pub validation_fraction: f64,
     /// Queries drawn from those orders (at most).
@@ -39,6 +43,10 @@ pub struct TrainConfig {
     pub ranker_random_negatives: usize,
     /// Ranker training epochs.
     pub ranker_epochs: usize,
+    /// Refits of the ranker on negatives mined from its previous fit.
+    pub ranker_mining_rounds: usize,
+    /// Hidden ReLU units of the ranker (0: linear).
+    pub ranker_hidden: usize,
     /// Share of the ranker queries held out for calibration and validation metrics.
     pub calibration_share: f64,
     /// Refit aggregates and embeddings on all training orders after fitting the ranker.
@@ -60,11 +68,15 @@ impl Default for TrainConfig {
             max_neighbours: 200,
             ease_items: 5000,
             ease_lambda: 0.0,
+            ease_search_items: 2000,
+            recent_fraction: 0.1,
             validation_fraction: 0.1,
             ranker_queries: 6000,
-            ranker_hard_negatives: 160,
-            ranker_random_negatives: 40,
+            ranker_hard_negatives: 600,
+            ranker_random_negatives: 100,
             ranker_epochs: 30,
+            ranker_hidden: 0,
+            ranker_mining_rounds: 0,
             calibration_share: 0.3,
             refit: true,
             ablation: false,
@@ -97,8 +109,14 @@ impl TrainConfig {
         if self.ease_items > 20_000 {
             return bad("ease_items", "must be at most 20000 (the EASE inverse is dense: items² memory, items³ time)");
         }
+        if self.ease_search_items == 0 {
+            return bad("ease_search_items", "must be at least 1");
+        }
         if !(self.ease_lambda.is_finite() && self.ease_lambda >= 0.0) {
             return bad("ease_lambda", "must be a non-negative number (0: chosen by validation)");
+        }
+        if !(self.recent_fraction > 0.0 && self.recent_fraction <= 1.0) {
+            return bad("recent_fraction", "must be within (0, 1]");
         }
         if !(0.0..0.9).contains(&self.validation_fraction) {
             return bad("validation_fraction", "must be within [0, 0.9)");

@@ -77,21 +77,28 @@ pub fn diagonal_scale(gram: &Array2<f32>) -> f64 {
     (gram.diag().iter().map(|&v| f64::from(v)).sum::<f64>() / m).max(1.0)
 }
 
-/// Fits EASE at each λ of `grid` (multiples of [`diagonal_scale`]) and keeps the one with the
-/// best hit@10 + mrr@20 on `queries`; ties go to the larger λ.
-pub fn choose(gram: &Array2<f32>, grid: &[f64], queries: &[PosQuery]) -> Result<(Ease, Vec<LambdaTrial>)> {
-    let mut best: Option<(f64, Ease)> = None;
+/// Chooses λ: fits EASE at each λ of `grid` (multiples of [`diagonal_scale`]) on the Gram of
+/// the `search_items` most-bought items (the leading block: the cubic cost stays bounded) and
+/// keeps the best hit@10 + mrr@20 on `queries` (ties: the larger λ). Returns the chosen λ as a
+/// multiple of the *whole* Gram's diagonal scale, and the trials.
+pub fn choose(gram: &Array2<f32>, grid: &[f64], queries: &[PosQuery], search_items: usize) -> Result<(f64, Vec<LambdaTrial>)> {
+    let m = gram.nrows().min(search_items.max(1));
+    let sub = gram.slice(s![..m, ..m]).to_owned();
+    let sub_queries: Vec<PosQuery> =
+        queries.iter().map(|(basket, target)| (basket.iter().copied().filter(|&a| a < m).collect(), target.filter(|&t| t < m))).collect();
+    let mut best: Option<(f64, f64)> = None;
     let mut trials = Vec::new();
     for &alpha in grid {
-        let ease = fit(gram, alpha)?;
-        let (hit10, mrr20) = judge(&ease, queries);
+        let ease = fit(&sub, alpha)?;
+        let (hit10, mrr20) = judge(&ease, &sub_queries);
         trials.push(LambdaTrial { alpha, lambda: ease.lambda, hit10, mrr20 });
-        if best.as_ref().is_none_or(|(s, _)| hit10 + mrr20 >= *s) {
-            best = Some((hit10 + mrr20, ease));
+        if best.is_none_or(|(score, _)| hit10 + mrr20 >= score) {
+            best = Some((hit10 + mrr20, ease.lambda));
         }
     }
-    let (_, ease) = best.ok_or_else(|| TrainError::Config { name: "ease_lambda", reason: "the λ grid is empty".into() })?;
-    Ok((ease, trials))
+    let (_, lambda) = best.ok_or_else(|| TrainError::Config { name: "ease_lambda", reason: "the λ grid is empty".into() })?;
+    // the absolute λ carries over to the whole Gram
+    Ok((lambda / diagonal_scale(gram), trials))
 }
 
 /// hit@10 and mrr@20 of EASE alone on `queries`.

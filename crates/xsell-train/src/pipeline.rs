@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use ndarray::Array2;
+use ndarray::{Array3, ArrayViewMut2};
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -114,6 +114,7 @@ fn build(log: &OrderLog, agg: &Aggregates, cfg: &TrainConfig, ranker: Ranker, pr
             items.categories.push(log.catalog.categories[i].clone());
             items.prices.push(log.catalog.prices[i]);
             items.orders.push(c);
+            items.recent_orders.push(agg.item_recent_orders[i]);
             items.return_rate.push(agg.item_return_rate(i as ItemIx));
         }
     }
@@ -140,6 +141,7 @@ fn build(log: &OrderLog, agg: &Aggregates, cfg: &TrainConfig, ranker: Ranker, pr
     };
     let pairs = remap(&agg.pairs, &item_to_model);
     let history = remap(&agg.history, &customer_to_model);
+    let since = remap(&agg.since, &customer_to_model);
     let (emb_in, emb_out) = train_embeddings(&pairs, &items.orders, cfg, progress)?;
     let n_items = items.ids.len();
     let parts = ModelParts {
@@ -148,10 +150,12 @@ fn build(log: &OrderLog, agg: &Aggregates, cfg: &TrainConfig, ranker: Ranker, pr
         customer_lines,
         pairs,
         history,
+        since,
         ease: Csr::from_rows(vec![Vec::new(); n_items]),
         emb_in,
         emb_out,
         n_orders: agg.n_orders as f32,
+        n_recent: agg.n_recent as f32,
         ranker,
         policy: Policy::default(),
     };
@@ -172,9 +176,9 @@ fn fit_ease(
         return Ok(None);
     }
     let items: Vec<ItemIx> = agg.gram_items.iter().map(|&i| spaces.item_to_model[i as usize].expect("Gram items were bought")).collect();
-    let (fitted, trials) = match alpha {
-        Some(a) => (ease::fit(&agg.gram, a)?, Vec::new()),
-        None if queries.is_empty() => (ease::fit(&agg.gram, 1.0)?, Vec::new()),
+    let (alpha, trials) = match alpha {
+        Some(a) => (a, Vec::new()),
+        None if queries.is_empty() => (1.0, Vec::new()),
         None => {
             let mut pos = vec![None; parts.items.ids.len()];
             for (a, &i) in items.iter().enumerate() {
@@ -182,9 +186,10 @@ fn fit_ease(
             }
             let pq: Vec<PosQuery> =
                 queries.iter().map(|q| (q.basket.iter().filter_map(|&i| pos[i as usize]).collect(), pos[q.target as usize])).collect();
-            ease::choose(&agg.gram, &LAMBDA_GRID, &pq)?
+            ease::choose(&agg.gram, &LAMBDA_GRID, &pq, cfg.ease_search_items)?
         }
     };
+    let fitted = ease::fit(&agg.gram, alpha)?;
     parts.ease = ease::sparsify(&fitted, &items, parts.items.ids.len(), cfg.max_neighbours);
     Ok(Some(EaseReport { items: items.len(), alpha: fitted.alpha, lambda: fitted.lambda, trials }))
 }
@@ -211,7 +216,7 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
     if orders.is_empty() {
         return Err(TrainError::NotEnoughData("no training order".into()));
     }
-    let agg_cfg = AggregateConfig { max_neighbours: cfg.max_neighbours, gram_items: cfg.ease_items };
+    let agg_cfg = AggregateConfig { max_neighbours: cfg.max_neighbours, gram_items: cfg.ease_items, recent_fraction: cfg.recent_fraction };
     let mut report = TrainReport { orders: orders.len(), ..Default::default() };
     let mut timer = Timer { phases: &mut report.phases, start: Instant::now() };
 
@@ -260,12 +265,21 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
         report.ranker_queries = fit.len();
         if !fit.is_empty() {
             progress.start("ranker features", fit.len() as u64);
-            let examples: Vec<Array2<f32>> =
-                fit.par_iter().enumerate().map(|(k, q)| examples_for(&model, q, cfg, cfg.seed ^ k as u64)).collect();
-            progress.finish();
-            timer.lap("ranker features");
-            let fit_cfg = RankerFit { epochs: cfg.ranker_epochs, seed: cfg.seed, disabled: [false; N_FEATURES] };
-            ranker = fit_ranker(&examples, &fit_cfg, progress)?;
+            let rows = 1 + cfg.ranker_hard_negatives + cfg.ranker_random_negatives;
+            let mut examples = Array3::<f32>::zeros((fit.len(), rows, N_FEATURES));
+            let fit_cfg = RankerFit { epochs: cfg.ranker_epochs, seed: cfg.seed, disabled: [false; N_FEATURES], hidden: cfg.ranker_hidden };
+            let mut mined: Option<Ranker> = None;
+            for round in 0..=cfg.ranker_mining_rounds {
+                examples.outer_iter_mut().into_par_iter().zip(fit.par_iter()).enumerate().for_each(|(k, (slot, q))| {
+                    examples_for(&model, q, cfg, cfg.seed ^ k as u64, mined.as_ref(), slot);
+                });
+                if round == 0 {
+                    progress.finish();
+                    timer.lap("ranker features");
+                }
+                mined = Some(fit_ranker(&examples, &fit_cfg, progress)?);
+            }
+            ranker = mined.take().expect("at least one round");
             timer.lap("ranker fit");
             if cfg.ablation {
                 for (group, features) in FEATURE_GROUPS {
@@ -313,20 +327,25 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
 
 /// Features whose best-scored items become hard negatives: each candidate source's favourites,
 /// so the ranker sees every kind of item it will have to rank down when it scores the catalog.
-const NEGATIVE_SOURCES: [usize; 8] = [
+const NEGATIVE_SOURCES: [usize; 11] = [
     feature::EASE,
     feature::EASE_HISTORY,
     feature::COOC_MEAN,
     feature::JACCARD_MEAN,
     feature::EMB_COMP,
     feature::EMB_COS,
+    feature::NAME_BASKET,
     feature::HIST_SHARE,
+    feature::HIST_RECENCY,
     feature::POPULARITY,
+    feature::POP_RECENT,
 ];
 
-/// Target row first, then hard negatives (the best items of each of [`NEGATIVE_SOURCES`], in
-/// turn), then random ones; always `1 + hard + random` rows.
-fn examples_for(model: &CrossSellModel, q: &MQuery, cfg: &TrainConfig, seed: u64) -> Array2<f32> {
+/// Target row first, then hard negatives, then random ones, written into `out`
+/// (`1 + hard + random` rows). The hard negatives are the best items of each of
+/// [`NEGATIVE_SOURCES`] in turn; with a `mined` ranker, half of them are that ranker's own
+/// favourites first (the mistakes it still makes).
+fn examples_for(model: &CrossSellModel, q: &MQuery, cfg: &TrainConfig, seed: u64, mined: Option<&Ranker>, mut out: ArrayViewMut2<'_, f32>) {
     let x = model.features(q.customer, &q.basket);
     let n = x.nrows();
     let mut taken = vec![false; n];
@@ -335,17 +354,28 @@ fn examples_for(model: &CrossSellModel, q: &MQuery, cfg: &TrainConfig, seed: u64
         taken[i as usize] = true;
     }
     let mut rows = vec![q.target as usize];
-    let per_source = cfg.ranker_hard_negatives.div_ceil(NEGATIVE_SOURCES.len());
-    for f in NEGATIVE_SOURCES {
-        let mut best: Vec<usize> = (0..n).filter(|&j| !taken[j] && x[[j, f]] > 0.0).collect();
-        let room = per_source.min(cfg.ranker_hard_negatives + 1 - rows.len());
+    let mut take_best = |score: &dyn Fn(usize) -> f32, room: usize, rows: &mut Vec<usize>| {
+        let mut best: Vec<usize> = (0..n).filter(|&j| !taken[j] && score(j) > 0.0).collect();
         if best.len() > room && room > 0 {
-            best.select_nth_unstable_by(room - 1, |&a, &b| x[[b, f]].total_cmp(&x[[a, f]]).then(a.cmp(&b)));
+            best.select_nth_unstable_by(room - 1, |&a, &b| score(b).total_cmp(&score(a)).then(a.cmp(&b)));
         }
         for &j in best.iter().take(room) {
             taken[j] = true;
             rows.push(j);
         }
+    };
+    let mut hard = cfg.ranker_hard_negatives;
+    if let Some(r) = mined {
+        let s = r.scores(&x);
+        let lowest = s.iter().copied().fold(f32::INFINITY, f32::min);
+        take_best(&|j| s[j] - lowest + 1.0, hard / 2, &mut rows);
+        hard -= rows.len() - 1;
+    }
+    let per_source = hard.div_ceil(NEGATIVE_SOURCES.len());
+    let hard_end = rows.len() + hard;
+    for f in NEGATIVE_SOURCES {
+        let room = per_source.min(hard_end - rows.len());
+        take_best(&|j| x[[j, f]], room, &mut rows);
     }
     let want = 1 + cfg.ranker_hard_negatives + cfg.ranker_random_negatives;
     let rest: Vec<usize> = (0..n).filter(|&j| !taken[j]).collect();
@@ -358,7 +388,9 @@ fn examples_for(model: &CrossSellModel, q: &MQuery, cfg: &TrainConfig, seed: u64
         let pool = if pool.is_empty() { vec![q.target as usize] } else { pool };
         rows.push(pool[rng.random_range(0..pool.len())]);
     }
-    x.select(ndarray::Axis(0), &rows)
+    for (mut dst, &j) in out.outer_iter_mut().zip(&rows) {
+        dst.assign(&x.row(j));
+    }
 }
 
 /// Top-10 scores and labels of the held-out queries (for Platt), and validation metrics of the

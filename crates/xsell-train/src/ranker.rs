@@ -8,18 +8,37 @@
 use burn::module::{Module, Param};
 use burn::optim::{AdamConfig, GradientsParams, decay::WeightDecayConfig};
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
-use ndarray::{Array2, Axis};
-use rand::SeedableRng;
+use burn::tensor::activation::{log_softmax, relu};
+use ndarray::{Array3, Axis};
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use xsell_core::model::{N_FEATURES, Ranker};
 
 use crate::{Progress, Result, TrainError};
 
+/// Linear part plus an optional hidden ReLU layer (see [`Ranker`]).
 #[derive(Module, Debug)]
-struct Linear {
+struct Scorer {
     w: Param<Tensor<2>>,
+    hidden: Option<Hidden>,
+}
+
+#[derive(Module, Debug)]
+struct Hidden {
+    w1: Param<Tensor<2>>,
+    b1: Param<Tensor<1>>,
+    w2: Param<Tensor<2>>,
+}
+
+impl Scorer {
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let linear = x.clone().matmul(self.w.val());
+        match &self.hidden {
+            Some(h) => linear + relu(x.matmul(h.w1.val()) + h.b1.val().unsqueeze::<2>()).matmul(h.w2.val()),
+            None => linear,
+        }
+    }
 }
 
 /// Settings of [`fit_ranker`].
@@ -31,37 +50,47 @@ pub struct RankerFit {
     pub seed: u64,
     /// Features forced to zero weight (for ablations).
     pub disabled: [bool; N_FEATURES],
+    /// Hidden ReLU units (0: a linear ranker).
+    pub hidden: usize,
 }
 
-/// Fits the scorer on `examples`: one candidates × features matrix per query, the target in
-/// row 0, every matrix with the same number of rows.
-pub fn fit_ranker(examples: &[Array2<f32>], fit: &RankerFit, progress: &mut dyn Progress) -> Result<Ranker> {
-    let Some(first) = examples.first() else {
+/// Fits the scorer on `examples`: queries × candidates × features, each query's target in
+/// candidate row 0.
+pub fn fit_ranker(examples: &Array3<f32>, fit: &RankerFit, progress: &mut dyn Progress) -> Result<Ranker> {
+    let (q, c, nf) = examples.dim();
+    if q == 0 || c < 2 {
         return Err(TrainError::NotEnoughData("no ranker query (the validation orders have no basket of two items or more)".into()));
-    };
-    let c = first.nrows();
-    if examples.iter().any(|e| e.nrows() != c || e.ncols() != N_FEATURES) {
-        return Err(TrainError::Tensor("ranker examples differ in shape".into()));
     }
-    // standardization over every candidate row
-    let rows: Vec<_> = examples.iter().map(|e| e.view()).collect();
-    let all = ndarray::concatenate(Axis(0), &rows).map_err(|e| TrainError::Tensor(e.to_string()))?;
-    let mean = all.mean_axis(Axis(0)).expect("rows are not empty");
-    let std = all.std_axis(Axis(0), 0.0).mapv(|s| if s > 1e-6 { s } else { 1.0 });
-    let z = (&all - &mean) / &std;
-    let mut z = z;
-    for (f, &off) in fit.disabled.iter().enumerate() {
-        if off {
-            z.column_mut(f).fill(0.0);
-        }
+    if nf != N_FEATURES {
+        return Err(TrainError::Tensor(format!("ranker examples have {nf} features, expected {N_FEATURES}")));
     }
-    let q = examples.len();
-    let data: Vec<f32> = z.iter().copied().collect();
+    // standardization over every candidate row, written straight into the tensor's buffer
+    let rows = examples.to_shape((q * c, nf)).map_err(|e| TrainError::Tensor(e.to_string()))?;
+    let mean = rows.mean_axis(Axis(0)).expect("rows are not empty");
+    let std = rows.std_axis(Axis(0), 0.0).mapv(|s| if s > 1e-6 { s } else { 1.0 });
+    let mut data = Vec::with_capacity(q * c * nf);
+    for row in rows.outer_iter() {
+        data.extend(
+            row.iter().zip(mean.iter().zip(&std)).zip(&fit.disabled).map(|((&x, (&m, &s)), &off)| if off { 0.0 } else { (x - m) / s }),
+        );
+    }
+    drop(rows);
     let device = Device::flex().autodiff();
-    let x_all: Tensor<3> = Tensor::from_data(TensorData::new(data, [q, c, N_FEATURES]), &device);
-    let mut model = Linear { w: Param::from_tensor(Tensor::zeros([N_FEATURES, 1], &device)) };
-    let mut optim = AdamConfig::new().with_weight_decay(Some(WeightDecayConfig::new(1e-4))).init();
+    let x_all: Tensor<3> = Tensor::from_data(TensorData::new(data, [q, c, nf]), &device);
     let mut rng = ChaCha8Rng::seed_from_u64(fit.seed);
+    let h = fit.hidden;
+    let hidden = (h > 0).then(|| {
+        // He-uniform initialization from the seeded generator, so a fit is reproducible
+        let a = (6.0 / N_FEATURES as f32).sqrt();
+        let w1: Vec<f32> = (0..N_FEATURES * h).map(|_| rng.random_range(-a..a)).collect();
+        Hidden {
+            w1: Param::from_tensor(Tensor::from_data(TensorData::new(w1, [N_FEATURES, h]), &device)),
+            b1: Param::from_tensor(Tensor::zeros([h], &device)),
+            w2: Param::from_tensor(Tensor::zeros([h, 1], &device)),
+        }
+    });
+    let mut model = Scorer { w: Param::from_tensor(Tensor::zeros([N_FEATURES, 1], &device)), hidden };
+    let mut optim = AdamConfig::new().with_weight_decay(Some(WeightDecayConfig::new(1e-4))).init();
     let batch = 256.min(q);
     let batches_per_epoch = q.div_ceil(batch);
     progress.start("ranker", (fit.epochs * batches_per_epoch) as u64);
@@ -72,7 +101,7 @@ pub fn fit_ranker(examples: &[Array2<f32>], fit: &RankerFit, progress: &mut dyn 
         for chunk in order.chunks(batch) {
             let idx = Tensor::<1, Int>::from_data(TensorData::new(chunk.to_vec(), [chunk.len()]), &device);
             let xb = x_all.clone().select(0, idx).reshape([chunk.len() * c, N_FEATURES]);
-            let scores = xb.matmul(model.w.val()).reshape([chunk.len(), c]);
+            let scores = model.forward(xb).reshape([chunk.len(), c]);
             let loss = log_softmax(scores, 1).slice([0..chunk.len(), 0..1]).mean().neg();
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(lr, model, grads);
@@ -80,13 +109,24 @@ pub fn fit_ranker(examples: &[Array2<f32>], fit: &RankerFit, progress: &mut dyn 
         }
     }
     progress.finish();
-    let mut weights = model.w.val().into_data().try_to_vec::<f32>().map_err(|e| TrainError::Tensor(format!("{e:?}")))?;
+    let values = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().map_err(|e| TrainError::Tensor(format!("{e:?}")));
+    let mut weights = values(model.w.val())?;
     for (w, &off) in weights.iter_mut().zip(&fit.disabled) {
         if off {
             *w = 0.0;
         }
     }
-    Ok(Ranker { mean: mean.to_vec(), scale: std.to_vec(), weights, bias: 0.0, calib_a: 1.0, calib_b: 0.0 })
+    let mut ranker = Ranker::single(0);
+    (ranker.mean, ranker.scale, ranker.weights) = (mean.to_vec(), std.to_vec(), weights);
+    if let Some(hid) = &model.hidden {
+        // stored units × features; disabled features were zero in every example
+        let w1 = values(hid.w1.val().transpose())?;
+        ranker.hidden =
+            w1.chunks(N_FEATURES).flat_map(|row| row.iter().zip(&fit.disabled).map(|(&w, &off)| if off { 0.0 } else { w })).collect();
+        ranker.hidden_bias = values(hid.b1.val().unsqueeze::<2>())?;
+        ranker.hidden_out = values(hid.w2.val())?;
+    }
+    Ok(ranker)
 }
 
 /// Platt scaling: `(a, b)` such that `sigmoid(a·s + b)` matches the labels, fitted by damped
