@@ -147,7 +147,7 @@ pub fn print_summary(r: &xsell_train::TrainReport, read_secs: f64, total_secs: f
     }
     println!(" (total {total_secs:.1}s)");
     if r.validation.queries > 0 {
-        println!("validation on {} held-out queries (newest training orders):", r.validation.queries);
+        println!("validation on {} held-out queries (newest training orders); kept: {}", r.validation.queries, r.ranker);
         println!("  {:<14} {:>8} {:>8}", "system", "hit@10", "mrr@20");
         for (name, hit, mrr) in &r.validation.systems {
             println!("  {name:<14} {hit:>8.4} {mrr:>8.4}");

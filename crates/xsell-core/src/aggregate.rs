@@ -26,11 +26,14 @@ pub struct AggregateConfig {
     pub gram_items: usize,
     /// The newest share of the orders counted again as the recent period (trends).
     pub recent_fraction: f64,
+    /// Gram weights halve every this share of the orders, counted back from the newest (0: all
+    /// orders weigh the same).
+    pub gram_half_life: f64,
 }
 
 impl Default for AggregateConfig {
     fn default() -> Self {
-        Self { max_neighbours: 200, gram_items: 0, recent_fraction: 0.1 }
+        Self { max_neighbours: 200, gram_items: 0, recent_fraction: 0.1, gram_half_life: 0.0 }
     }
 }
 
@@ -123,6 +126,11 @@ impl Aggregates {
         let m = gram_items.len();
         let mut gram = Array2::<f32>::zeros((m, m));
         let max_nb = cfg.max_neighbours;
+        // the Gram counts newer orders more: weight 1/2 per `gram_half_life` share of the orders
+        let n_ord = orders.len().max(1) as f64;
+        let half_life = cfg.gram_half_life;
+        let weight =
+            |k: usize| -> f32 { if half_life > 0.0 { 0.5f64.powf((n_ord - 1.0 - k as f64) / (half_life * n_ord)) as f32 } else { 1.0 } };
         let rows: Vec<(PairRow, Option<Vec<f32>>)> = (0..n_items)
             .into_par_iter()
             .map_init(
@@ -142,12 +150,15 @@ impl Aggregates {
                     let mut row: Vec<(u32, f32)> = touched.iter().map(|&j| (j, acc[j as usize])).collect();
                     let dense = (gram_pos[i] != u32::MAX).then(|| {
                         let mut d = vec![0f32; m];
-                        for &(j, v) in &row {
-                            if let Some(b) = gram_pos.get(j as usize).filter(|&&b| b != u32::MAX) {
-                                d[*b as usize] = v;
+                        for &k in &by_item[i] {
+                            let w = weight(k as usize);
+                            for &j in &log.orders[orders[k as usize]].items {
+                                let b = gram_pos[j as usize];
+                                if b != u32::MAX {
+                                    d[b as usize] += w;
+                                }
                             }
                         }
-                        d[gram_pos[i] as usize] = item_orders[i];
                         d
                     });
                     for &j in &touched {

@@ -4,6 +4,7 @@ use crate::metrics::{Evaluator, QueryTags};
 use crate::model::{CustomerTable, ItemTable, ModelParts, N_FEATURES, Policy, Ranker};
 use crate::protocol::{ProtocolConfig, draw_queries, time_split};
 use crate::*;
+use crate::{aggregate, names};
 
 fn line<'a>(order: &'a str, customer: Option<&'a str>, item: &'a str, qty: i64, ts: Option<i64>, ret: bool) -> LogLine<'a> {
     LogLine { order_id: Some(order), customer_id: customer, item_id: Some(item), quantity: qty, ts, is_return: ret, ..Default::default() }
@@ -219,11 +220,55 @@ fn aggregates_count_orders_pairs_and_returns() {
     b.push(line("C10", Some("y"), "c", -1, Some(9), true)); // after the cutoff
     let log = b.finish().unwrap();
     let all: Vec<usize> = (0..log.orders.len()).collect();
-    let agg = Aggregates::compute(&log, &all, Some(5), &Default::default());
+    let cfg = aggregate::AggregateConfig { gram_items: 2, recent_fraction: 0.34, ..Default::default() };
+    let agg = Aggregates::compute(&log, &all, Some(5), &cfg);
     assert_eq!(agg.item_orders, vec![2.0, 2.0, 2.0]);
+    // the Gram of the two most-bought items (ties by index: a, b) holds untruncated counts
+    assert_eq!(agg.gram_items, vec![0, 1]);
+    assert_eq!(agg.gram, ndarray::arr2(&[[2.0, 2.0], [2.0, 2.0]]));
+    // the recent period is the newest ceil(0.34 × 3) = 2 orders
+    assert_eq!((agg.n_recent, agg.item_recent_orders.clone()), (2, vec![1.0, 1.0, 2.0]));
+    // x's latest order holds a and b: no order since; y's only order holds c
+    assert_eq!((agg.since.get(0, 0), agg.since.get(0, 2), agg.since.get(1, 2)), (0.0, 0.0, 0.0));
+    let older = Aggregates::compute(&log, &all[..1], None, &cfg);
+    assert_eq!(older.since.get(0, 1), 0.0);
     assert_eq!(agg.pairs.get(0, 1), 2.0);
     assert_eq!(agg.pairs.get(0, 2), 1.0);
     assert_eq!(agg.item_returns[2], 1.0, "returns after the cutoff are not seen");
     assert!((agg.customer_return_rate(1) - 1.0).abs() < 1e-6);
     assert_eq!(agg.history.get(0, 0), 2.0);
+}
+
+#[test]
+fn substitutes_are_judged_by_the_category_when_a_pair_is_too_rare() {
+    // cam2 sells too rarely to judge the pair (cam1, cam2) alone: 400 × 2 / 1000 < 1 expected
+    let mut parts = tiny_model().parts().clone();
+    parts.items.orders = vec![400.0, 300.0, 2.0, 600.0];
+    parts.n_orders = 1000.0;
+    parts.pairs = Csr::from_rows([vec![(1, 250.0), (3, 30.0)], vec![(0, 250.0)], vec![], vec![(0, 30.0)]]);
+    let m = CrossSellModel::new(parts.clone()).unwrap();
+    assert!(!m.is_substitute(0, 2), "two cameras alone say too little about cameras");
+    // with a third, well-selling camera bought with cam1 far less than chance (30 against 240),
+    // cameras are a category of substitutes, and the rare one is judged by it
+    parts.items.categories[3] = Some("cameras".into());
+    let m = CrossSellModel::new(parts).unwrap();
+    assert!(m.is_substitute(0, 2), "a rare camera is a substitute when cameras are seldom bought together");
+    assert!(m.is_substitute(0, 3));
+    assert!(!m.is_substitute(0, 1), "other categories are never substitutes");
+}
+
+#[test]
+fn names_score_look_alike_designs() {
+    let names: Vec<Option<String>> =
+        ["LUNCH BAG RED RETROSPOT", "JUMBO BAG RED RETROSPOT", "WHITE METAL LANTERN", "CREAM CUPID HEARTS COAT HANGER", "12 PENCILS"]
+            .iter()
+            .map(|s| Some(s.to_string()))
+            .chain([None])
+            .collect();
+    let idx = names::NameIndex::new(&names);
+    let (basket, best) = idx.features(&[0], names.len());
+    assert!(best[1] > 0.5 && best[1] < 1.0, "shared design words: {}", best[1]);
+    assert_eq!((best[2], best[4], best[5]), (0.0, 0.0, 0.0), "no shared word, digits and no name give nothing");
+    assert!((basket[1] - best[1]).abs() < 1e-6, "one basket item: the centroid is that item");
+    assert!((best[0] - 1.0).abs() < 1e-6);
 }

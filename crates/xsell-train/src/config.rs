@@ -26,6 +26,9 @@ pub struct TrainConfig {
     pub max_neighbours: usize,
     /// EASE covers this many most-bought items (its inverse is cubic in it; 0 turns EASE off).
     pub ease_items: usize,
+    /// EASE's Gram counts an order half as much per this share of the orders it is older than
+    /// the newest (0: no decay).
+    pub ease_half_life: f64,
     /// λ is chosen on the Gram of this many most-bought items (a leading block of the whole).
     pub ease_search_items: usize,
     /// EASE regularization; 0 chooses it on the validation queries from
@@ -69,6 +72,7 @@ impl Default for TrainConfig {
             ease_items: 5000,
             ease_lambda: 0.0,
             ease_search_items: 2000,
+            ease_half_life: 0.0,
             recent_fraction: 0.1,
             validation_fraction: 0.1,
             ranker_queries: 6000,

@@ -252,6 +252,37 @@ mod tests {
     }
 
     #[test]
+    fn ease_matches_its_closed_form_and_keeps_the_strongest_weights() {
+        // three items: 0 and 1 always together, 2 alone
+        let gram = ndarray::arr2(&[[10.0f32, 8.0, 1.0], [8.0, 9.0, 1.0], [1.0, 1.0, 5.0]]);
+        let ease = fit(&gram, 0.5).unwrap();
+        let lambda = 0.5 * 8.0; // 0.5 × the mean diagonal
+        assert!((ease.lambda - lambda).abs() < 1e-12);
+        let mut p = gram.mapv(f64::from) + Array2::<f64>::eye(3) * lambda;
+        spd_inverse(&mut p).unwrap();
+        for a in 0..3 {
+            assert_eq!(ease.b[[a, a]], 0.0);
+            for c in (0..3).filter(|&c| c != a) {
+                assert!((f64::from(ease.b[[a, c]]) + p[[a, c]] / p[[c, c]]).abs() < 1e-6);
+            }
+        }
+        assert!(ease.b[[0, 1]] > ease.b[[0, 2]], "the pair bought together weighs more");
+        let csr = sparsify(&ease, &[4, 0, 2], 5, 1);
+        assert_eq!(csr.row(4).0, [0], "row of item 4 keeps its strongest weight, to item 0");
+        assert!(csr.row(1).0.is_empty() && csr.n_rows() == 5);
+    }
+
+    #[test]
+    fn lambda_is_chosen_on_the_queries() {
+        let gram = ndarray::arr2(&[[10.0f32, 8.0, 1.0], [8.0, 9.0, 1.0], [1.0, 1.0, 5.0]]);
+        let queries: Vec<PosQuery> = vec![(vec![0], Some(1)), (vec![1], Some(0)), (vec![2], None)];
+        let (alpha, trials) = choose(&gram, &LAMBDA_GRID, &queries, 2).unwrap();
+        assert_eq!(trials.len(), LAMBDA_GRID.len());
+        assert!(trials.iter().all(|t| t.hit10 > 0.6), "{trials:?}");
+        assert!(alpha > 0.0 && alpha.is_finite());
+    }
+
+    #[test]
     #[ignore = "timing probe: cargo test --release -p xsell-train ease::tests::inverse_speed -- --ignored --nocapture"]
     fn inverse_speed() {
         let n: usize = std::env::var("XSELL_N").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);

@@ -3,8 +3,8 @@
 use std::time::Instant;
 
 use ndarray::{Array3, ArrayViewMut2};
+use rand::SeedableRng;
 use rand::seq::index::sample;
-use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -49,6 +49,8 @@ pub struct TrainReport {
     pub customers: usize,
     /// Ranker queries used for fitting.
     pub ranker_queries: usize,
+    /// The ranker kept: "fitted ranker", or "ease alone" when that did better on validation.
+    pub ranker: String,
     /// Time per phase.
     pub phases: Vec<PhaseTime>,
     /// Validation metrics.
@@ -194,6 +196,9 @@ fn fit_ease(
     Ok(Some(EaseReport { items: items.len(), alpha: fitted.alpha, lambda: fitted.lambda, trials }))
 }
 
+/// Top-10 scores of held-out queries and whether each was the target (Platt's input).
+type Judged = (Vec<f32>, Vec<bool>);
+
 /// Held-out targets drawn per validation order, at most.
 const RANKER_DRAWS: u64 = 4;
 
@@ -216,7 +221,12 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
     if orders.is_empty() {
         return Err(TrainError::NotEnoughData("no training order".into()));
     }
-    let agg_cfg = AggregateConfig { max_neighbours: cfg.max_neighbours, gram_items: cfg.ease_items, recent_fraction: cfg.recent_fraction };
+    let agg_cfg = AggregateConfig {
+        max_neighbours: cfg.max_neighbours,
+        gram_items: cfg.ease_items,
+        recent_fraction: cfg.recent_fraction,
+        gram_half_life: cfg.ease_half_life,
+    };
     let mut report = TrainReport { orders: orders.len(), ..Default::default() };
     let mut timer = Timer { phases: &mut report.phases, start: Instant::now() };
 
@@ -269,15 +279,20 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
             let mut examples = Array3::<f32>::zeros((fit.len(), rows, N_FEATURES));
             let fit_cfg = RankerFit { epochs: cfg.ranker_epochs, seed: cfg.seed, disabled: [false; N_FEATURES], hidden: cfg.ranker_hidden };
             let mut mined: Option<Ranker> = None;
+            let mut valid = Vec::new();
             for round in 0..=cfg.ranker_mining_rounds {
-                examples.outer_iter_mut().into_par_iter().zip(fit.par_iter()).enumerate().for_each(|(k, (slot, q))| {
-                    examples_for(&model, q, cfg, cfg.seed ^ k as u64, mined.as_ref(), slot);
-                });
+                valid = examples
+                    .outer_iter_mut()
+                    .into_par_iter()
+                    .zip(fit.par_iter())
+                    .enumerate()
+                    .map(|(k, (slot, q))| examples_for(&model, q, cfg, cfg.seed ^ k as u64, mined.as_ref(), slot))
+                    .collect();
                 if round == 0 {
                     progress.finish();
                     timer.lap("ranker features");
                 }
-                mined = Some(fit_ranker(&examples, &fit_cfg, progress)?);
+                mined = Some(fit_ranker(&examples, &valid, &fit_cfg, progress)?);
             }
             ranker = mined.take().expect("at least one round");
             timer.lap("ranker fit");
@@ -285,19 +300,41 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
                 for (group, features) in FEATURE_GROUPS {
                     let mut disabled = [false; N_FEATURES];
                     features.iter().for_each(|&f| disabled[f] = true);
-                    ablations.push((group.to_string(), fit_ranker(&examples, &RankerFit { disabled, ..fit_cfg }, progress)?));
+                    ablations.push((group.to_string(), fit_ranker(&examples, &valid, &RankerFit { disabled, ..fit_cfg }, progress)?));
                 }
                 timer.lap("ablation rankers");
             }
         }
-        // calibration and validation metrics on the held-out queries
+        // calibration and validation metrics on the held-out queries; EASE alone stands in for
+        // the fitted ranker when it ranks these queries better (small logs, where the ranker
+        // has few queries to learn from)
         let judged = if calib.is_empty() { &fit } else { &calib };
-        let judge = CrossSellModel::new(ModelParts { ranker: ranker.clone(), ..model.parts().clone() })?;
-        let (scores, labels, metrics) = calibrate_and_judge(&judge, &base_agg, judged);
+        let mut contenders = vec![("fitted ranker", ranker.clone())];
+        if report.ease.is_some() {
+            contenders.push(("ease alone", Ranker::single(feature::EASE)));
+        }
+        // (hit@10 + mrr@20, name, ranker, its top-10 scores and labels)
+        let mut best: Option<(f64, &str, Ranker, Judged)> = None;
+        let mut contender_rows = Vec::new();
+        for (name, r) in contenders {
+            let judge = CrossSellModel::new(ModelParts { ranker: r.clone(), ..model.parts().clone() })?;
+            let (top, metrics) = calibrate_and_judge(&judge, &base_agg, judged);
+            let (_, hit, mrr) = metrics.systems[0];
+            contender_rows.push((name.to_string(), hit, mrr));
+            if best.as_ref().is_none_or(|b| hit + mrr > b.0) {
+                best = Some((hit + mrr, name, r, top));
+            }
+            // the baselines' rows are the same for every contender
+            validation = ValidationMetrics { systems: metrics.systems[1..].to_vec(), ..metrics };
+        }
+        let (_, name, chosen, (scores, labels)) = best.expect("the fitted ranker is a contender");
+        report.ranker = name.into();
+        ranker = chosen;
         let (a, b) = fit_platt(&scores, &labels);
         ranker.calib_a = a;
         ranker.calib_b = b;
-        validation = metrics;
+        contender_rows.append(&mut validation.systems);
+        validation.systems = contender_rows;
         timer.lap("calibration");
     }
     // without a validation slice the base pass already covered every training order
@@ -341,11 +378,18 @@ const NEGATIVE_SOURCES: [usize; 11] = [
     feature::POP_RECENT,
 ];
 
-/// Target row first, then hard negatives, then random ones, written into `out`
-/// (`1 + hard + random` rows). The hard negatives are the best items of each of
+/// Target row first, then hard negatives, then random ones, written into `out` (at most
+/// `1 + hard + random` rows, fewer in a tiny catalog); returns the rows written. The hard negatives are the best items of each of
 /// [`NEGATIVE_SOURCES`] in turn; with a `mined` ranker, half of them are that ranker's own
 /// favourites first (the mistakes it still makes).
-fn examples_for(model: &CrossSellModel, q: &MQuery, cfg: &TrainConfig, seed: u64, mined: Option<&Ranker>, mut out: ArrayViewMut2<'_, f32>) {
+fn examples_for(
+    model: &CrossSellModel,
+    q: &MQuery,
+    cfg: &TrainConfig,
+    seed: u64,
+    mined: Option<&Ranker>,
+    mut out: ArrayViewMut2<'_, f32>,
+) -> usize {
     let x = model.features(q.customer, &q.basket);
     let n = x.nrows();
     let mut taken = vec![false; n];
@@ -382,20 +426,17 @@ fn examples_for(model: &CrossSellModel, q: &MQuery, cfg: &TrainConfig, seed: u64
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let take = (want - rows.len()).min(rest.len());
     rows.extend(sample(&mut rng, rest.len(), take).into_iter().map(|k| rest[k]));
-    while rows.len() < want {
-        // tiny catalogs: pad with repeated negatives (never the target)
-        let pool: Vec<usize> = if rows.len() > 1 { rows[1..].to_vec() } else { (0..n).filter(|&j| j != q.target as usize).collect() };
-        let pool = if pool.is_empty() { vec![q.target as usize] } else { pool };
-        rows.push(pool[rng.random_range(0..pool.len())]);
-    }
+    // tiny catalogs leave rows over: zeros, masked out by the fit
+    out.fill(0.0);
     for (mut dst, &j) in out.outer_iter_mut().zip(&rows) {
         dst.assign(&x.row(j));
     }
+    rows.len()
 }
 
 /// Top-10 scores and labels of the held-out queries (for Platt), and validation metrics of the
 /// model and of the baselines.
-fn calibrate_and_judge(model: &CrossSellModel, agg: &Aggregates, queries: &[&MQuery]) -> (Vec<f32>, Vec<bool>, ValidationMetrics) {
+fn calibrate_and_judge(model: &CrossSellModel, agg: &Aggregates, queries: &[&MQuery]) -> (Judged, ValidationMetrics) {
     let results: Vec<(Vec<ItemIx>, Vec<f32>)> = queries
         .par_iter()
         .map(|q| {
@@ -428,7 +469,7 @@ fn calibrate_and_judge(model: &CrossSellModel, agg: &Aggregates, queries: &[&MQu
         }
         systems.push(summary(name, &ev, model.n_items()));
     }
-    (cal_s, cal_y, ValidationMetrics { queries: queries.len(), systems })
+    ((cal_s, cal_y), ValidationMetrics { queries: queries.len(), systems })
 }
 
 fn summary(name: &str, ev: &Evaluator, n: usize) -> (String, f64, f64) {

@@ -9,7 +9,7 @@ use burn::module::{Module, Param};
 use burn::optim::{AdamConfig, GradientsParams, decay::WeightDecayConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, relu};
-use ndarray::{Array3, Axis};
+use ndarray::Array3;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -55,28 +55,55 @@ pub struct RankerFit {
 }
 
 /// Fits the scorer on `examples`: queries × candidates × features, each query's target in
-/// candidate row 0.
-pub fn fit_ranker(examples: &Array3<f32>, fit: &RankerFit, progress: &mut dyn Progress) -> Result<Ranker> {
+/// candidate row 0 and its first `valid[query]` rows real (the rest is padding, left out of the
+/// standardization and masked out of the softmax).
+pub fn fit_ranker(examples: &Array3<f32>, valid: &[usize], fit: &RankerFit, progress: &mut dyn Progress) -> Result<Ranker> {
     let (q, c, nf) = examples.dim();
+    if valid.len() != q || valid.iter().any(|&v| v == 0 || v > c) {
+        return Err(TrainError::Tensor("every ranker query needs between 1 and all of its candidate rows valid".into()));
+    }
     if q == 0 || c < 2 {
         return Err(TrainError::NotEnoughData("no ranker query (the validation orders have no basket of two items or more)".into()));
     }
     if nf != N_FEATURES {
         return Err(TrainError::Tensor(format!("ranker examples have {nf} features, expected {N_FEATURES}")));
     }
-    // standardization over every candidate row, written straight into the tensor's buffer
-    let rows = examples.to_shape((q * c, nf)).map_err(|e| TrainError::Tensor(e.to_string()))?;
-    let mean = rows.mean_axis(Axis(0)).expect("rows are not empty");
-    let std = rows.std_axis(Axis(0), 0.0).mapv(|s| if s > 1e-6 { s } else { 1.0 });
-    let mut data = Vec::with_capacity(q * c * nf);
-    for row in rows.outer_iter() {
-        data.extend(
-            row.iter().zip(mean.iter().zip(&std)).zip(&fit.disabled).map(|((&x, (&m, &s)), &off)| if off { 0.0 } else { (x - m) / s }),
-        );
+    // standardization over every valid candidate row, written straight into the tensor's buffer
+    let (mut sum, mut sum_sq, mut count) = (vec![0f64; nf], vec![0f64; nf], 0f64);
+    for (e, &v) in examples.outer_iter().zip(valid) {
+        for row in e.outer_iter().take(v) {
+            for (f, &x) in row.iter().enumerate() {
+                sum[f] += f64::from(x);
+                sum_sq[f] += f64::from(x) * f64::from(x);
+            }
+            count += 1.0;
+        }
     }
-    drop(rows);
+    let mean: Vec<f32> = sum.iter().map(|s| (s / count) as f32).collect();
+    let std: Vec<f32> = sum
+        .iter()
+        .zip(&sum_sq)
+        .map(|(s, s2)| {
+            let var = (s2 / count - (s / count).powi(2)).max(0.0);
+            if var > 1e-12 { var.sqrt() as f32 } else { 1.0 }
+        })
+        .collect();
+    let mut data = Vec::with_capacity(q * c * nf);
+    let mut mask = Vec::with_capacity(q * c);
+    for (e, &v) in examples.outer_iter().zip(valid) {
+        for (k, row) in e.outer_iter().enumerate() {
+            let real = k < v;
+            mask.push(if real { 0.0f32 } else { -1e9 });
+            data.extend(row.iter().zip(mean.iter().zip(&std)).zip(&fit.disabled).map(
+                |((&x, (&m, &s)), &off)| {
+                    if off || !real { 0.0 } else { (x - m) / s }
+                },
+            ));
+        }
+    }
     let device = Device::flex().autodiff();
     let x_all: Tensor<3> = Tensor::from_data(TensorData::new(data, [q, c, nf]), &device);
+    let mask_all: Tensor<2> = Tensor::from_data(TensorData::new(mask, [q, c]), &device);
     let mut rng = ChaCha8Rng::seed_from_u64(fit.seed);
     let h = fit.hidden;
     let hidden = (h > 0).then(|| {
@@ -100,8 +127,8 @@ pub fn fit_ranker(examples: &Array3<f32>, fit: &RankerFit, progress: &mut dyn Pr
         let lr = 0.05 * (1.0 - 0.9 * epoch as f64 / fit.epochs.max(1) as f64);
         for chunk in order.chunks(batch) {
             let idx = Tensor::<1, Int>::from_data(TensorData::new(chunk.to_vec(), [chunk.len()]), &device);
-            let xb = x_all.clone().select(0, idx).reshape([chunk.len() * c, N_FEATURES]);
-            let scores = model.forward(xb).reshape([chunk.len(), c]);
+            let xb = x_all.clone().select(0, idx.clone()).reshape([chunk.len() * c, N_FEATURES]);
+            let scores = model.forward(xb).reshape([chunk.len(), c]) + mask_all.clone().select(0, idx);
             let loss = log_softmax(scores, 1).slice([0..chunk.len(), 0..1]).mean().neg();
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(lr, model, grads);
@@ -117,7 +144,7 @@ pub fn fit_ranker(examples: &Array3<f32>, fit: &RankerFit, progress: &mut dyn Pr
         }
     }
     let mut ranker = Ranker::single(0);
-    (ranker.mean, ranker.scale, ranker.weights) = (mean.to_vec(), std.to_vec(), weights);
+    (ranker.mean, ranker.scale, ranker.weights) = (mean, std, weights);
     if let Some(hid) = &model.hidden {
         // stored units × features; disabled features were zero in every example
         let w1 = values(hid.w1.val().transpose())?;
@@ -194,4 +221,45 @@ pub fn fit_platt(scores: &[f32], labels: &[bool]) -> (f32, f32) {
     }
     // back to raw scores: a·(s − mean)/sd + b
     ((a / sd) as f32, (b - a * mean / sd) as f32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platt_stays_finite_on_separable_and_constant_scores() {
+        let scores: Vec<f32> = (0..200).map(|k| k as f32 / 1000.0).collect();
+        let labels: Vec<bool> = (0..200).map(|k| k >= 190).collect(); // perfectly separable
+        let (a, b) = fit_platt(&scores, &labels);
+        assert!(a.is_finite() && b.is_finite() && a > 0.0, "a = {a}, b = {b}");
+        let p = |s: f32| xsell_core::model::sigmoid(a * s + b);
+        assert!(p(0.0) < 0.05 && p(0.199) > 0.5, "p(0) = {}, p(0.199) = {}", p(0.0), p(0.199));
+        let (a, b) = fit_platt(&[0.3; 50], &(0..50).map(|k| k < 5).collect::<Vec<_>>());
+        let rate = xsell_core::model::sigmoid(a * 0.3 + b);
+        assert!((rate - 0.1).abs() < 0.03, "constant scores get the base rate, got {rate}");
+    }
+
+    #[test]
+    fn the_ranker_learns_which_feature_finds_the_target() {
+        // feature 4 (EASE) puts the target first; the others are noise; rows past `valid` are padding
+        let (q, c) = (64, 12);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut x = Array3::<f32>::zeros((q, c, N_FEATURES));
+        for mut e in x.outer_iter_mut() {
+            e.mapv_inplace(|_| rng.random_range(0.0..1.0));
+            e[[0, 4]] += 1.0;
+        }
+        let valid: Vec<usize> = (0..q).map(|k| if k % 2 == 0 { c } else { c - 4 }).collect();
+        let fit = RankerFit { epochs: 40, seed: 1, disabled: [false; N_FEATURES], hidden: 0 };
+        let r = fit_ranker(&x, &valid, &fit, &mut crate::NoProgress).unwrap();
+        let best = (0..N_FEATURES).max_by(|&a, &b| r.weights[a].total_cmp(&r.weights[b])).unwrap();
+        assert_eq!(best, 4, "{:?}", r.weights);
+        let mut disabled = [false; N_FEATURES];
+        disabled[4] = true;
+        let r = fit_ranker(&x, &valid, &RankerFit { disabled, hidden: 4, ..fit }, &mut crate::NoProgress).unwrap();
+        assert_eq!(r.weights[4], 0.0);
+        assert_eq!((r.n_hidden(), r.hidden.len()), (4, 4 * N_FEATURES));
+        assert!(r.validate().is_ok());
+    }
 }
