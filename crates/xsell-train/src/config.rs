@@ -48,7 +48,8 @@ pub struct TrainConfig {
     pub ranker_epochs: usize,
     /// Refits of the ranker on negatives mined from its previous fit.
     pub ranker_mining_rounds: usize,
-    /// Hidden ReLU units of the ranker (0: linear).
+    /// Hidden ReLU units of the ranker (0: linear only; otherwise a linear ranker is fitted too
+    /// and the one that ranks the validation queries better is kept).
     pub ranker_hidden: usize,
     /// Share of the ranker queries held out for calibration and validation metrics.
     pub calibration_share: f64,
@@ -79,7 +80,7 @@ impl Default for TrainConfig {
             ranker_hard_negatives: 600,
             ranker_random_negatives: 100,
             ranker_epochs: 30,
-            ranker_hidden: 0,
+            ranker_hidden: 16,
             ranker_mining_rounds: 0,
             calibration_share: 0.3,
             refit: true,

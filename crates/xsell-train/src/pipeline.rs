@@ -49,7 +49,8 @@ pub struct TrainReport {
     pub customers: usize,
     /// Ranker queries used for fitting.
     pub ranker_queries: usize,
-    /// The ranker kept: "fitted ranker", or "ease alone" when that did better on validation.
+    /// The ranker kept, by validation: "hidden-layer ranker", "linear ranker", "fitted ranker"
+    /// (the only fit, when `ranker_hidden` is 0) or "ease alone".
     pub ranker: String,
     /// Time per phase.
     pub phases: Vec<PhaseTime>,
@@ -196,8 +197,27 @@ fn fit_ease(
     Ok(Some(EaseReport { items: items.len(), alpha: fitted.alpha, lambda: fitted.lambda, trials }))
 }
 
-/// Top-10 scores of held-out queries and whether each was the target (Platt's input).
-type Judged = (Vec<f32>, Vec<bool>);
+/// A ranker on held-out queries.
+struct Judged {
+    /// Top-10 scores and whether each was the target (Platt's input).
+    scores: Vec<f32>,
+    labels: Vec<bool>,
+    /// Per query: hit@10 + reciprocal rank within the top 20.
+    outcome: Vec<f64>,
+}
+
+/// True when `new` beats `old` on the same queries by more than one standard error of the
+/// per-query difference.
+fn clearly_better(new: &[f64], old: &[f64]) -> bool {
+    let n = new.len().min(old.len());
+    if n < 2 {
+        return false;
+    }
+    let d: Vec<f64> = new.iter().zip(old).map(|(a, b)| a - b).collect();
+    let mean = d.iter().sum::<f64>() / n as f64;
+    let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    mean > (var / n as f64).sqrt()
+}
 
 /// Held-out targets drawn per validation order, at most.
 const RANKER_DRAWS: u64 = 4;
@@ -271,11 +291,13 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
     let mut ranker = Ranker::single(feature::COOC_MEAN);
     let mut validation = ValidationMetrics::default();
     let mut ablations = Vec::new();
+    let mut linear = None;
     if fit_ranker_now {
         report.ranker_queries = fit.len();
         if !fit.is_empty() {
             progress.start("ranker features", fit.len() as u64);
-            let rows = 1 + cfg.ranker_hard_negatives + cfg.ranker_random_negatives;
+            // a small catalog holds fewer candidates than asked for
+            let rows = (1 + cfg.ranker_hard_negatives + cfg.ranker_random_negatives).min(model.n_items().max(2));
             let mut examples = Array3::<f32>::zeros((fit.len(), rows, N_FEATURES));
             let fit_cfg = RankerFit { epochs: cfg.ranker_epochs, seed: cfg.seed, disabled: [false; N_FEATURES], hidden: cfg.ranker_hidden };
             let mut mined: Option<Ranker> = None;
@@ -295,6 +317,9 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
                 mined = Some(fit_ranker(&examples, &valid, &fit_cfg, progress)?);
             }
             ranker = mined.take().expect("at least one round");
+            if cfg.ranker_hidden > 0 {
+                linear = Some(fit_ranker(&examples, &valid, &RankerFit { hidden: 0, ..fit_cfg }, progress)?);
+            }
             timer.lap("ranker fit");
             if cfg.ablation {
                 for (group, features) in FEATURE_GROUPS {
@@ -305,29 +330,33 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
                 timer.lap("ablation rankers");
             }
         }
-        // calibration and validation metrics on the held-out queries; EASE alone stands in for
-        // the fitted ranker when it ranks these queries better (small logs, where the ranker
-        // has few queries to learn from)
+        // calibration and validation metrics on the held-out queries. Contenders go from the
+        // simplest (EASE alone) to the richest; a richer one is kept only when it beats the one
+        // kept so far by more than one standard error of the paired per-query difference, so a
+        // small validation slice cannot hand the model to noise.
         let judged = if calib.is_empty() { &fit } else { &calib };
-        let mut contenders = vec![("fitted ranker", ranker.clone())];
+        let mut contenders = Vec::new();
         if report.ease.is_some() {
             contenders.push(("ease alone", Ranker::single(feature::EASE)));
         }
-        // (hit@10 + mrr@20, name, ranker, its top-10 scores and labels)
-        let mut best: Option<(f64, &str, Ranker, Judged)> = None;
+        match linear {
+            Some(l) => contenders.extend([("linear ranker", l), ("hidden-layer ranker", ranker.clone())]),
+            None => contenders.push(("fitted ranker", ranker.clone())),
+        }
+        let mut kept: Option<(&str, Ranker, Judged)> = None;
         let mut contender_rows = Vec::new();
         for (name, r) in contenders {
             let judge = CrossSellModel::new(ModelParts { ranker: r.clone(), ..model.parts().clone() })?;
             let (top, metrics) = calibrate_and_judge(&judge, &base_agg, judged);
             let (_, hit, mrr) = metrics.systems[0];
             contender_rows.push((name.to_string(), hit, mrr));
-            if best.as_ref().is_none_or(|b| hit + mrr > b.0) {
-                best = Some((hit + mrr, name, r, top));
+            if kept.as_ref().is_none_or(|(_, _, k)| clearly_better(&top.outcome, &k.outcome)) {
+                kept = Some((name, r, top));
             }
             // the baselines' rows are the same for every contender
             validation = ValidationMetrics { systems: metrics.systems[1..].to_vec(), ..metrics };
         }
-        let (_, name, chosen, (scores, labels)) = best.expect("the fitted ranker is a contender");
+        let (name, chosen, Judged { scores, labels, .. }) = kept.expect("the fitted ranker is a contender");
         report.ranker = name.into();
         ranker = chosen;
         let (a, b) = fit_platt(&scores, &labels);
@@ -448,7 +477,7 @@ fn calibrate_and_judge(model: &CrossSellModel, agg: &Aggregates, queries: &[&MQu
             (order, s)
         })
         .collect();
-    let (mut cal_s, mut cal_y) = (Vec::new(), Vec::new());
+    let (mut cal_s, mut cal_y, mut outcome) = (Vec::new(), Vec::new(), Vec::new());
     let mut eval_model = Evaluator::new();
     let key = |i: ItemIx| i.to_string();
     for (q, (order, s)) in queries.iter().zip(&results) {
@@ -456,6 +485,7 @@ fn calibrate_and_judge(model: &CrossSellModel, agg: &Aggregates, queries: &[&MQu
             cal_s.push(sc);
             cal_y.push(j == q.target);
         }
+        outcome.push(order.iter().position(|&j| j == q.target).map_or(0.0, |r| f64::from(u8::from(r < 10)) + 1.0 / (r + 1) as f64));
         let ranked: Vec<String> = order.iter().map(|&j| key(j)).collect();
         eval_model.add(&ranked, None, &key(q.target), QueryTags::default());
     }
@@ -469,10 +499,24 @@ fn calibrate_and_judge(model: &CrossSellModel, agg: &Aggregates, queries: &[&MQu
         }
         systems.push(summary(name, &ev, model.n_items()));
     }
-    ((cal_s, cal_y), ValidationMetrics { queries: queries.len(), systems })
+    (Judged { scores: cal_s, labels: cal_y, outcome }, ValidationMetrics { queries: queries.len(), systems })
 }
 
 fn summary(name: &str, ev: &Evaluator, n: usize) -> (String, f64, f64) {
     let m = ev.finish(n);
     (name.to_owned(), m.hit10, m.mrr20)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clearly_better;
+
+    #[test]
+    fn a_richer_ranker_must_win_beyond_noise() {
+        let old = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0];
+        assert!(clearly_better(&[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0], &old), "wins on 3 queries, loses none");
+        assert!(!clearly_better(&[0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0], &old), "one win, one loss: a tie");
+        assert!(!clearly_better(&old, &old));
+        assert!(!clearly_better(&[1.0], &[0.0]), "one query proves nothing");
+    }
 }
