@@ -82,8 +82,8 @@ pub struct Fitted {
     pub report: TrainReport,
     /// Aggregates over every training order, in the log's index space (for baselines).
     pub aggregates: Aggregates,
-    /// With [`TrainConfig::ablation`]: per feature group, the ranker fitted without it
-    /// (uncalibrated).
+    /// With [`TrainConfig::ablation`]: per feature group, a ranker of the kept family (linear
+    /// when EASE alone was kept) fitted without it (uncalibrated).
     pub ablations: Vec<(String, Ranker)>,
 }
 
@@ -292,6 +292,7 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
     let mut validation = ValidationMetrics::default();
     let mut ablations = Vec::new();
     let mut linear = None;
+    let mut fitted = None;
     if fit_ranker_now {
         report.ranker_queries = fit.len();
         if !fit.is_empty() {
@@ -321,14 +322,7 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
                 linear = Some(fit_ranker(&examples, &valid, &RankerFit { hidden: 0, ..fit_cfg }, progress)?);
             }
             timer.lap("ranker fit");
-            if cfg.ablation {
-                for (group, features) in FEATURE_GROUPS {
-                    let mut disabled = [false; N_FEATURES];
-                    features.iter().for_each(|&f| disabled[f] = true);
-                    ablations.push((group.to_string(), fit_ranker(&examples, &valid, &RankerFit { disabled, ..fit_cfg }, progress)?));
-                }
-                timer.lap("ablation rankers");
-            }
+            fitted = Some((examples, valid, fit_cfg));
         }
         // calibration and validation metrics on the held-out queries. Contenders go from the
         // simplest (EASE alone) to the richest; a richer one is kept only when it beats the one
@@ -365,6 +359,16 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
         contender_rows.append(&mut validation.systems);
         validation.systems = contender_rows;
         timer.lap("calibration");
+        if let Some((examples, valid, fit_cfg)) = fitted.filter(|_| cfg.ablation) {
+            // the kept family (the linear one when EASE alone was kept), without each group
+            let hidden = if name == "linear ranker" || name == "ease alone" { 0 } else { cfg.ranker_hidden };
+            for (group, features) in FEATURE_GROUPS {
+                let mut disabled = [false; N_FEATURES];
+                features.iter().for_each(|&f| disabled[f] = true);
+                ablations.push((group.to_string(), fit_ranker(&examples, &valid, &RankerFit { disabled, hidden, ..fit_cfg }, progress)?));
+            }
+            timer.lap("ablation rankers");
+        }
     }
     // without a validation slice the base pass already covered every training order
     let (parts, all_agg) = if cfg.refit && fit_ranker_now {
