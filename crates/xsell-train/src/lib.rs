@@ -5,10 +5,13 @@
 //! 2. the aggregate pass ([`xsell_core::Aggregates`]) over the older orders;
 //! 3. item embeddings, skip-gram with negative sampling over the co-purchase pairs, in burn
 //!    ([`embed`]);
-//! 4. the ranker: a linear scorer over the core's features, fitted in burn with a sampled-softmax
-//!    loss on queries drawn from the validation orders ([`ranker`]), then Platt calibration on a
-//!    held-out part of them;
-//! 5. refit of the aggregates and embeddings on *all* training orders, keeping the ranker.
+//! 4. EASE, the closed-form item-item regression on the Gram of the most-bought items, λ chosen
+//!    on the validation queries ([`ease`]);
+//! 5. the rankers: a linear and a hidden-layer scorer over the core's features, fitted in burn
+//!    with a softmax loss on queries drawn from the validation orders ([`ranker`]); on a held-out
+//!    part of them EASE alone and the two compete, simplest first, and the kept one is
+//!    Platt-calibrated (`ranking`);
+//! 6. refit of the aggregates, embeddings and EASE on *all* training orders, keeping the ranker.
 //!
 //! **Invariant:** this is the only crate that uses burn. Its output is plain
 //! [`xsell_core::model::ModelParts`]; nothing downstream needs burn to load or serve a model.
@@ -20,6 +23,7 @@ pub mod error;
 mod pipeline;
 pub mod progress;
 pub mod ranker;
+mod ranking;
 
 pub use config::TrainConfig;
 pub use error::{Result, TrainError};

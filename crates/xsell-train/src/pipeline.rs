@@ -2,22 +2,14 @@
 
 use std::time::Instant;
 
-use ndarray::{Array3, ArrayViewMut2};
-use rand::SeedableRng;
-use rand::seq::index::sample;
-use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use xsell_core::aggregate::AggregateConfig;
-use xsell_core::baseline::{Cooccurrence, Popularity, Recommender};
-use xsell_core::metrics::{Evaluator, QueryTags};
-use xsell_core::model::{CustomerTable, FEATURE_GROUPS, ItemTable, ModelParts, N_FEATURES, Policy, Ranker, feature};
-use xsell_core::protocol::draw_index_queries;
+use xsell_core::model::{CustomerTable, ItemTable, ModelParts, Policy, Ranker, feature};
 use xsell_core::{Aggregates, CrossSellModel, Csr, ItemIx, OrderLog};
 
 use crate::ease::{self, LAMBDA_GRID, LambdaTrial, PosQuery};
 use crate::embed::train_embeddings;
-use crate::ranker::{RankerFit, fit_platt, fit_ranker};
+use crate::ranking::{self, MQuery};
 use crate::{Progress, Result, TrainConfig, TrainError};
 
 /// Wall time of one phase.
@@ -100,9 +92,9 @@ impl Timer<'_> {
 }
 
 /// Maps between a log's index space and a model's.
-struct Spaces {
-    item_to_model: Vec<Option<ItemIx>>,
-    customer_to_model: Vec<Option<u32>>,
+pub(crate) struct Spaces {
+    pub(crate) item_to_model: Vec<Option<ItemIx>>,
+    pub(crate) customer_to_model: Vec<Option<u32>>,
 }
 
 /// Builds model parts (everything but a fitted ranker) from aggregates over a log.
@@ -197,43 +189,6 @@ fn fit_ease(
     Ok(Some(EaseReport { items: items.len(), alpha: fitted.alpha, lambda: fitted.lambda, trials }))
 }
 
-/// A ranker on held-out queries.
-struct Judged {
-    /// Top-10 scores and whether each was the target (Platt's input).
-    scores: Vec<f32>,
-    labels: Vec<bool>,
-    /// Per query: hit@10 + reciprocal rank within the top 20.
-    outcome: Vec<f64>,
-}
-
-/// True when `new` beats `old` on the same queries by more than one standard error of the
-/// per-query difference.
-fn clearly_better(new: &[f64], old: &[f64]) -> bool {
-    let n = new.len().min(old.len());
-    if n < 2 {
-        return false;
-    }
-    let d: Vec<f64> = new.iter().zip(old).map(|(a, b)| a - b).collect();
-    let mean = d.iter().sum::<f64>() / n as f64;
-    let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-    mean > (var / n as f64).sqrt()
-}
-
-/// Held-out targets drawn per validation order, at most.
-const RANKER_DRAWS: u64 = 4;
-
-/// One ranker query in model space.
-struct MQuery {
-    /// Index into `log.orders`.
-    order: usize,
-    customer: Option<u32>,
-    basket: Vec<ItemIx>,
-    target: ItemIx,
-    /// The same query in log space, for the baselines.
-    log_basket: Vec<ItemIx>,
-    log_target: ItemIx,
-}
-
 /// Trains a model on `orders` (indices into `log.orders`, oldest first); return signals at or
 /// after `cutoff_ts` are ignored.
 pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Fitted> {
@@ -262,25 +217,8 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
     let (mut parts, spaces) = build(log, &base_agg, cfg, Ranker::single(1), progress)?;
     timer.lap("embeddings");
 
-    // up to RANKER_DRAWS held-out targets per validation order, for more ranker examples
-    let mut queries: Vec<MQuery> = Vec::new();
-    for draw in 0..RANKER_DRAWS {
-        if !fit_ranker_now || queries.len() >= cfg.ranker_queries {
-            break;
-        }
-        let want = cfg.ranker_queries - queries.len();
-        queries.extend(draw_index_queries(log, valid, cfg.seed.wrapping_add(draw), want).into_iter().filter_map(|(o, t)| {
-            let order = &log.orders[o];
-            let target = spaces.item_to_model[t as usize]?;
-            let log_basket: Vec<ItemIx> = order.items.iter().copied().filter(|&i| i != t).collect();
-            let basket: Vec<ItemIx> = log_basket.iter().filter_map(|&i| spaces.item_to_model[i as usize]).collect();
-            let customer = order.customer.and_then(|c| spaces.customer_to_model[c as usize]);
-            Some(MQuery { order: o, customer, basket, target, log_basket, log_target: t })
-        }));
-    }
-    // calibration queries are whole orders apart from the fitting ones
-    let share = cfg.calibration_share;
-    let (calib, fit): (Vec<&MQuery>, Vec<&MQuery>) = queries.iter().partition(|q| (q.order as f64 * share).fract() + share >= 1.0);
+    let queries = if fit_ranker_now { ranking::draw_queries(log, valid, &spaces, cfg) } else { Vec::new() };
+    let (calib, fit) = ranking::split_calibration(&queries, cfg.calibration_share);
     progress.start("ease", 1);
     let fixed_alpha = (cfg.ease_lambda > 0.0).then(|| cfg.ease_lambda / ease::diagonal_scale(&base_agg.gram));
     report.ease = fit_ease(&base_agg, &spaces, &mut parts, cfg, fixed_alpha, &fit)?;
@@ -291,84 +229,28 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
     let mut ranker = Ranker::single(feature::COOC_MEAN);
     let mut validation = ValidationMetrics::default();
     let mut ablations = Vec::new();
-    let mut linear = None;
-    let mut fitted = None;
     if fit_ranker_now {
         report.ranker_queries = fit.len();
-        if !fit.is_empty() {
-            progress.start("ranker features", fit.len() as u64);
-            // a small catalog holds fewer candidates than asked for
-            let rows = (1 + cfg.ranker_hard_negatives + cfg.ranker_random_negatives).min(model.n_items().max(2));
-            let mut examples = Array3::<f32>::zeros((fit.len(), rows, N_FEATURES));
-            let fit_cfg = RankerFit { epochs: cfg.ranker_epochs, seed: cfg.seed, disabled: [false; N_FEATURES], hidden: cfg.ranker_hidden };
-            let mut mined: Option<Ranker> = None;
-            let mut valid = Vec::new();
-            for round in 0..=cfg.ranker_mining_rounds {
-                valid = examples
-                    .outer_iter_mut()
-                    .into_par_iter()
-                    .zip(fit.par_iter())
-                    .enumerate()
-                    .map(|(k, (slot, q))| examples_for(&model, q, cfg, cfg.seed ^ k as u64, mined.as_ref(), slot))
-                    .collect();
-                if round == 0 {
-                    progress.finish();
-                    timer.lap("ranker features");
-                }
-                mined = Some(fit_ranker(&examples, &valid, &fit_cfg, progress)?);
-            }
-            ranker = mined.take().expect("at least one round");
-            if cfg.ranker_hidden > 0 {
-                linear = Some(fit_ranker(&examples, &valid, &RankerFit { hidden: 0, ..fit_cfg }, progress)?);
-            }
-            timer.lap("ranker fit");
-            fitted = Some((examples, valid, fit_cfg));
-        }
-        // calibration and validation metrics on the held-out queries. Contenders go from the
-        // simplest (EASE alone) to the richest; a richer one is kept only when it beats the one
-        // kept so far by more than one standard error of the paired per-query difference, so a
-        // small validation slice cannot hand the model to noise.
+        let fits = if fit.is_empty() { None } else { Some(ranking::fit_rankers(&model, &fit, cfg, progress)?) };
+        timer.lap("ranker fit");
+        // calibration and validation metrics on the held-out queries
         let judged = if calib.is_empty() { &fit } else { &calib };
         let mut contenders = Vec::new();
         if report.ease.is_some() {
             contenders.push(("ease alone", Ranker::single(feature::EASE)));
         }
-        match linear {
-            Some(l) => contenders.extend([("linear ranker", l), ("hidden-layer ranker", ranker.clone())]),
-            None => contenders.push(("fitted ranker", ranker.clone())),
+        if let Some(f) = &fits {
+            contenders.extend(f.contenders());
         }
-        let mut kept: Option<(&str, Ranker, Judged)> = None;
-        let mut contender_rows = Vec::new();
-        for (name, r) in contenders {
-            let judge = CrossSellModel::new(ModelParts { ranker: r.clone(), ..model.parts().clone() })?;
-            let (top, metrics) = calibrate_and_judge(&judge, &base_agg, judged);
-            let (_, hit, mrr) = metrics.systems[0];
-            contender_rows.push((name.to_string(), hit, mrr));
-            if kept.as_ref().is_none_or(|(_, _, k)| clearly_better(&top.outcome, &k.outcome)) {
-                kept = Some((name, r, top));
-            }
-            // the baselines' rows are the same for every contender
-            validation = ValidationMetrics { systems: metrics.systems[1..].to_vec(), ..metrics };
-        }
-        let (name, chosen, Judged { scores, labels, .. }) = kept.expect("the fitted ranker is a contender");
-        report.ranker = name.into();
-        ranker = chosen;
-        let (a, b) = fit_platt(&scores, &labels);
-        ranker.calib_a = a;
-        ranker.calib_b = b;
-        contender_rows.append(&mut validation.systems);
-        validation.systems = contender_rows;
+        let chosen = ranking::select(&model, &base_agg, judged, contenders)?;
         timer.lap("calibration");
-        if let Some((examples, valid, fit_cfg)) = fitted.filter(|_| cfg.ablation) {
-            // the kept family (the linear one when EASE alone was kept), without each group
-            let hidden = if name == "linear ranker" || name == "ease alone" { 0 } else { cfg.ranker_hidden };
-            for (group, features) in FEATURE_GROUPS {
-                let mut disabled = [false; N_FEATURES];
-                features.iter().for_each(|&f| disabled[f] = true);
-                ablations.push((group.to_string(), fit_ranker(&examples, &valid, &RankerFit { disabled, hidden, ..fit_cfg }, progress)?));
-            }
+        if let Some(f) = fits.filter(|_| cfg.ablation) {
+            ablations = f.without_each_group(&chosen.name, progress)?;
             timer.lap("ablation rankers");
         }
+        report.ranker = chosen.name;
+        ranker = chosen.ranker;
+        validation = chosen.validation;
     }
     // without a validation slice the base pass already covered every training order
     let (parts, all_agg) = if cfg.refit && fit_ranker_now {
@@ -393,134 +275,4 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
     // validates the final parts once, so a bad model fails here and not in the server
     CrossSellModel::new(parts.clone())?;
     Ok(Fitted { parts, report, aggregates: all_agg, ablations })
-}
-
-/// Features whose best-scored items become hard negatives: each candidate source's favourites,
-/// so the ranker sees every kind of item it will have to rank down when it scores the catalog.
-const NEGATIVE_SOURCES: [usize; 11] = [
-    feature::EASE,
-    feature::EASE_HISTORY,
-    feature::COOC_MEAN,
-    feature::JACCARD_MEAN,
-    feature::EMB_COMP,
-    feature::EMB_COS,
-    feature::NAME_BASKET,
-    feature::HIST_SHARE,
-    feature::HIST_RECENCY,
-    feature::POPULARITY,
-    feature::POP_RECENT,
-];
-
-/// Target row first, then hard negatives, then random ones, written into `out` (at most
-/// `1 + hard + random` rows, fewer in a tiny catalog); returns the rows written. The hard negatives are the best items of each of
-/// [`NEGATIVE_SOURCES`] in turn; with a `mined` ranker, half of them are that ranker's own
-/// favourites first (the mistakes it still makes).
-fn examples_for(
-    model: &CrossSellModel,
-    q: &MQuery,
-    cfg: &TrainConfig,
-    seed: u64,
-    mined: Option<&Ranker>,
-    mut out: ArrayViewMut2<'_, f32>,
-) -> usize {
-    let x = model.features(q.customer, &q.basket);
-    let n = x.nrows();
-    let mut taken = vec![false; n];
-    taken[q.target as usize] = true;
-    for &i in &q.basket {
-        taken[i as usize] = true;
-    }
-    let mut rows = vec![q.target as usize];
-    let mut take_best = |score: &dyn Fn(usize) -> f32, room: usize, rows: &mut Vec<usize>| {
-        let mut best: Vec<usize> = (0..n).filter(|&j| !taken[j] && score(j) > 0.0).collect();
-        if best.len() > room && room > 0 {
-            best.select_nth_unstable_by(room - 1, |&a, &b| score(b).total_cmp(&score(a)).then(a.cmp(&b)));
-        }
-        for &j in best.iter().take(room) {
-            taken[j] = true;
-            rows.push(j);
-        }
-    };
-    let mut hard = cfg.ranker_hard_negatives;
-    if let Some(r) = mined {
-        let s = r.scores(&x);
-        let lowest = s.iter().copied().fold(f32::INFINITY, f32::min);
-        take_best(&|j| s[j] - lowest + 1.0, hard / 2, &mut rows);
-        hard -= rows.len() - 1;
-    }
-    let per_source = hard.div_ceil(NEGATIVE_SOURCES.len());
-    let hard_end = rows.len() + hard;
-    for f in NEGATIVE_SOURCES {
-        let room = per_source.min(hard_end - rows.len());
-        take_best(&|j| x[[j, f]], room, &mut rows);
-    }
-    let want = 1 + cfg.ranker_hard_negatives + cfg.ranker_random_negatives;
-    let rest: Vec<usize> = (0..n).filter(|&j| !taken[j]).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let take = (want - rows.len()).min(rest.len());
-    rows.extend(sample(&mut rng, rest.len(), take).into_iter().map(|k| rest[k]));
-    // tiny catalogs leave rows over: zeros, masked out by the fit
-    out.fill(0.0);
-    for (mut dst, &j) in out.outer_iter_mut().zip(&rows) {
-        dst.assign(&x.row(j));
-    }
-    rows.len()
-}
-
-/// Top-10 scores and labels of the held-out queries (for Platt), and validation metrics of the
-/// model and of the baselines.
-fn calibrate_and_judge(model: &CrossSellModel, agg: &Aggregates, queries: &[&MQuery]) -> (Judged, ValidationMetrics) {
-    let results: Vec<(Vec<ItemIx>, Vec<f32>)> = queries
-        .par_iter()
-        .map(|q| {
-            let scores = model.scores(q.customer, &q.basket);
-            let mut order: Vec<ItemIx> = (0..scores.len() as ItemIx).filter(|j| !q.basket.contains(j)).collect();
-            order.sort_unstable_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]).then(a.cmp(&b)));
-            order.truncate(20);
-            let s = order.iter().map(|&j| scores[j as usize]).collect();
-            (order, s)
-        })
-        .collect();
-    let (mut cal_s, mut cal_y, mut outcome) = (Vec::new(), Vec::new(), Vec::new());
-    let mut eval_model = Evaluator::new();
-    let key = |i: ItemIx| i.to_string();
-    for (q, (order, s)) in queries.iter().zip(&results) {
-        for (&j, &sc) in order.iter().zip(s).take(10) {
-            cal_s.push(sc);
-            cal_y.push(j == q.target);
-        }
-        outcome.push(order.iter().position(|&j| j == q.target).map_or(0.0, |r| f64::from(u8::from(r < 10)) + 1.0 / (r + 1) as f64));
-        let ranked: Vec<String> = order.iter().map(|&j| key(j)).collect();
-        eval_model.add(&ranked, None, &key(q.target), QueryTags::default());
-    }
-    let mut systems = vec![summary("xsell", &eval_model, model.n_items())];
-    let baselines: [(&str, &dyn Recommender); 2] = [("cooccurrence", &Cooccurrence(agg)), ("popularity", &Popularity(agg))];
-    for (name, rec) in baselines {
-        let mut ev = Evaluator::new();
-        for q in queries {
-            let ranked: Vec<String> = rec.recommend(None, &q.log_basket, 20).into_iter().map(key).collect();
-            ev.add(&ranked, None, &key(q.log_target), QueryTags::default());
-        }
-        systems.push(summary(name, &ev, model.n_items()));
-    }
-    (Judged { scores: cal_s, labels: cal_y, outcome }, ValidationMetrics { queries: queries.len(), systems })
-}
-
-fn summary(name: &str, ev: &Evaluator, n: usize) -> (String, f64, f64) {
-    let m = ev.finish(n);
-    (name.to_owned(), m.hit10, m.mrr20)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::clearly_better;
-
-    #[test]
-    fn a_richer_ranker_must_win_beyond_noise() {
-        let old = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0];
-        assert!(clearly_better(&[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0], &old), "wins on 3 queries, loses none");
-        assert!(!clearly_better(&[0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0], &old), "one win, one loss: a tie");
-        assert!(!clearly_better(&old, &old));
-        assert!(!clearly_better(&[1.0], &[0.0]), "one query proves nothing");
-    }
 }
