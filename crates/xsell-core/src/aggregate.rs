@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use ndarray::Array2;
+use ndarray::{Array2, Axis};
 use rayon::prelude::*;
 
 use crate::{Csr, CustomerIx, ItemIx, OrderLog};
@@ -66,7 +66,8 @@ pub struct Aggregates {
     /// The most-bought items (at most `gram_items`, most bought first; ties by index).
     pub gram_items: Vec<ItemIx>,
     /// `gram[a, b]` = orders containing both `gram_items[a]` and `gram_items[b]` (the diagonal:
-    /// orders containing the item). Untruncated, unlike `pairs`.
+    /// orders containing the item), weighted by recency when `gram_half_life` is set. Untruncated,
+    /// unlike `pairs`; the trainer takes it out once EASE is fit (it is the largest table).
     pub gram: Array2<f32>,
 }
 
@@ -131,7 +132,7 @@ impl Aggregates {
         let half_life = cfg.gram_half_life;
         let weight =
             |k: usize| -> f32 { if half_life > 0.0 { 0.5f64.powf((n_ord - 1.0 - k as f64) / (half_life * n_ord)) as f32 } else { 1.0 } };
-        let rows: Vec<(PairRow, Option<Vec<f32>>)> = (0..n_items)
+        let pair_rows: Vec<PairRow> = (0..n_items)
             .into_par_iter()
             .map_init(
                 || vec![0f32; n_items],
@@ -148,19 +149,6 @@ impl Aggregates {
                         }
                     }
                     let mut row: Vec<(u32, f32)> = touched.iter().map(|&j| (j, acc[j as usize])).collect();
-                    let dense = (gram_pos[i] != u32::MAX).then(|| {
-                        let mut d = vec![0f32; m];
-                        for &k in &by_item[i] {
-                            let w = weight(k as usize);
-                            for &j in &log.orders[orders[k as usize]].items {
-                                let b = gram_pos[j as usize];
-                                if b != u32::MAX {
-                                    d[b as usize] += w;
-                                }
-                            }
-                        }
-                        d
-                    });
                     for &j in &touched {
                         acc[j as usize] = 0.0;
                     }
@@ -168,17 +156,22 @@ impl Aggregates {
                         row.select_nth_unstable_by(max_nb, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
                         row.truncate(max_nb);
                     }
-                    (row, dense)
+                    row
                 },
             )
             .collect();
-        let mut pair_rows = Vec::with_capacity(n_items);
-        for (i, (row, dense)) in rows.into_iter().enumerate() {
-            if let Some(d) = dense {
-                gram.row_mut(gram_pos[i] as usize).assign(&ndarray::ArrayView1::from(&d));
+        // each Gram row straight into place
+        gram.axis_iter_mut(Axis(0)).into_par_iter().zip(gram_items.par_iter()).for_each(|(mut d, &i)| {
+            for &k in &by_item[i as usize] {
+                let w = weight(k as usize);
+                for &j in &log.orders[orders[k as usize]].items {
+                    let b = gram_pos[j as usize];
+                    if b != u32::MAX {
+                        d[b as usize] += w;
+                    }
+                }
             }
-            pair_rows.push(row);
-        }
+        });
         let history = Csr::from_rows(hist.iter().map(|h| h.iter().map(|(&i, &(n, _))| (i, n)).collect::<Vec<_>>()));
         let since =
             Csr::from_rows(hist.iter().zip(&customer_orders).map(|(h, &n)| h.iter().map(|(&i, &(_, last))| (i, n - 1.0 - last)).collect()));

@@ -52,15 +52,19 @@ pub struct LambdaTrial {
     pub mrr20: f64,
 }
 
+/// `(G + λI)⁻¹` with λ = `alpha` × [`diagonal_scale`], and λ.
+fn regularized_inverse(gram: &Array2<f32>, alpha: f64) -> Result<(Array2<f64>, f64)> {
+    let lambda = alpha * diagonal_scale(gram);
+    let mut p = gram.mapv(f64::from);
+    p.diag_mut().mapv_inplace(|v| v + lambda);
+    spd_inverse(&mut p)?;
+    Ok((p, lambda))
+}
+
 /// Fits EASE on a Gram matrix with regularization λ = `alpha` × [`diagonal_scale`].
 pub fn fit(gram: &Array2<f32>, alpha: f64) -> Result<Ease> {
     let m = gram.nrows();
-    let lambda = alpha * diagonal_scale(gram);
-    let mut p = gram.mapv(f64::from);
-    for a in 0..m {
-        p[[a, a]] += lambda;
-    }
-    spd_inverse(&mut p)?;
+    let (p, lambda) = regularized_inverse(gram, alpha)?;
     let d: Array1<f64> = p.diag().to_owned();
     let mut b = Array2::<f32>::zeros((m, m));
     b.axis_iter_mut(Axis(0)).into_par_iter().zip(p.axis_iter(Axis(0)).into_par_iter()).enumerate().for_each(|(a, (mut row, prow))| {
@@ -130,16 +134,28 @@ pub fn judge(ease: &Ease, queries: &[PosQuery]) -> (f64, f64) {
     (m.hit10, m.mrr20)
 }
 
+/// Fits EASE like [`fit`] and keeps only [`sparsify`]'s strongest weights, computed straight
+/// from the inverse (the dense weight matrix is never built). Returns them and λ.
+pub fn fit_sparse(gram: &Array2<f32>, alpha: f64, items: &[ItemIx], n_items: usize, keep: usize) -> Result<(Csr, f64)> {
+    let (p, lambda) = regularized_inverse(gram, alpha)?;
+    let d: Array1<f64> = p.diag().to_owned();
+    let weight = |a: usize, c: usize| if a == c { 0.0 } else { (-p[[a, c]] / d[c]) as f32 };
+    Ok((strongest(p.nrows(), weight, items, n_items, keep), lambda))
+}
+
 /// The strongest `keep` weights (by magnitude) of each covered row, as an `n_items` × `n_items`
 /// sparse matrix; `items[a]` is the item of covered position `a`.
 pub fn sparsify(ease: &Ease, items: &[ItemIx], n_items: usize, keep: usize) -> Csr {
+    strongest(ease.b.nrows(), |a, c| ease.b[[a, c]], items, n_items, keep)
+}
+
+/// [`sparsify`] over any `m` × `m` weight function.
+fn strongest(m: usize, weight: impl Fn(usize, usize) -> f32 + Sync, items: &[ItemIx], n_items: usize, keep: usize) -> Csr {
     let mut rows: Vec<Vec<(u32, f32)>> = vec![Vec::new(); n_items];
-    let kept: Vec<Vec<(u32, f32)>> = ease
-        .b
-        .axis_iter(Axis(0))
+    let kept: Vec<Vec<(u32, f32)>> = (0..m)
         .into_par_iter()
-        .map(|row| {
-            let mut r: Vec<(u32, f32)> = row.iter().enumerate().filter(|(_, v)| **v != 0.0).map(|(c, &v)| (items[c], v)).collect();
+        .map(|a| {
+            let mut r: Vec<(u32, f32)> = (0..m).map(|c| (items[c], weight(a, c))).filter(|(_, v)| *v != 0.0).collect();
             if r.len() > keep {
                 r.select_nth_unstable_by(keep, |x, y| y.1.abs().total_cmp(&x.1.abs()).then(x.0.cmp(&y.0)));
                 r.truncate(keep);
@@ -270,6 +286,8 @@ mod tests {
         let csr = sparsify(&ease, &[4, 0, 2], 5, 1);
         assert_eq!(csr.row(4).0, [0], "row of item 4 keeps its strongest weight, to item 0");
         assert!(csr.row(1).0.is_empty() && csr.n_rows() == 5);
+        let (direct, l) = fit_sparse(&gram, 0.5, &[4, 0, 2], 5, 1).unwrap();
+        assert_eq!((direct, l), (csr, ease.lambda), "the direct sparse fit keeps the same weights");
     }
 
     #[test]

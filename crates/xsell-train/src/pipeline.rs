@@ -157,10 +157,11 @@ fn build(log: &OrderLog, agg: &Aggregates, cfg: &TrainConfig, ranker: Ranker, pr
     Ok((parts, Spaces { item_to_model, customer_to_model }))
 }
 
-/// Fits EASE on the Gram of `agg` into `parts.ease`: at `alpha` when given, else at the best
+/// Fits EASE on the Gram of `agg` (taken out of it: it is large and used only here) into
+/// `parts.ease`: at `alpha` when given, else at the best
 /// of [`LAMBDA_GRID`] on `queries` (the middle of the grid when there is none).
 fn fit_ease(
-    agg: &Aggregates,
+    agg: &mut Aggregates,
     spaces: &Spaces,
     parts: &mut ModelParts,
     cfg: &TrainConfig,
@@ -171,6 +172,7 @@ fn fit_ease(
         return Ok(None);
     }
     let items: Vec<ItemIx> = agg.gram_items.iter().map(|&i| spaces.item_to_model[i as usize].expect("Gram items were bought")).collect();
+    let gram = std::mem::take(&mut agg.gram);
     let (alpha, trials) = match alpha {
         Some(a) => (a, Vec::new()),
         None if queries.is_empty() => (1.0, Vec::new()),
@@ -181,12 +183,12 @@ fn fit_ease(
             }
             let pq: Vec<PosQuery> =
                 queries.iter().map(|q| (q.basket.iter().filter_map(|&i| pos[i as usize]).collect(), pos[q.target as usize])).collect();
-            ease::choose(&agg.gram, &LAMBDA_GRID, &pq, cfg.ease_search_items)?
+            ease::choose(&gram, &LAMBDA_GRID, &pq, cfg.ease_search_items)?
         }
     };
-    let fitted = ease::fit(&agg.gram, alpha)?;
-    parts.ease = ease::sparsify(&fitted, &items, parts.items.ids.len(), cfg.max_neighbours);
-    Ok(Some(EaseReport { items: items.len(), alpha: fitted.alpha, lambda: fitted.lambda, trials }))
+    let (weights, lambda) = ease::fit_sparse(&gram, alpha, &items, parts.items.ids.len(), cfg.max_neighbours)?;
+    parts.ease = weights;
+    Ok(Some(EaseReport { items: items.len(), alpha, lambda, trials }))
 }
 
 /// Trains a model on `orders` (indices into `log.orders`, oldest first); return signals at or
@@ -211,7 +213,7 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
     let fit_ranker_now = !valid.is_empty() && !base.is_empty();
     let (base, base_cut) = if fit_ranker_now { (base, base_cut) } else { (orders, cutoff_ts) };
     progress.start("aggregates", 1);
-    let base_agg = Aggregates::compute(log, base, base_cut, &agg_cfg);
+    let mut base_agg = Aggregates::compute(log, base, base_cut, &agg_cfg);
     progress.finish();
     timer.lap("aggregates");
     let (mut parts, spaces) = build(log, &base_agg, cfg, Ranker::single(1), progress)?;
@@ -221,7 +223,7 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
     let (calib, fit) = ranking::split_calibration(&queries, cfg.calibration_share);
     progress.start("ease", 1);
     let fixed_alpha = (cfg.ease_lambda > 0.0).then(|| cfg.ease_lambda / ease::diagonal_scale(&base_agg.gram));
-    report.ease = fit_ease(&base_agg, &spaces, &mut parts, cfg, fixed_alpha, &fit)?;
+    report.ease = fit_ease(&mut base_agg, &spaces, &mut parts, cfg, fixed_alpha, &fit)?;
     progress.finish();
     timer.lap("ease");
 
@@ -255,12 +257,12 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
     // without a validation slice the base pass already covered every training order
     let (parts, all_agg) = if cfg.refit && fit_ranker_now {
         progress.start("refit aggregates", 1);
-        let agg = Aggregates::compute(log, orders, cutoff_ts, &agg_cfg);
+        let mut agg = Aggregates::compute(log, orders, cutoff_ts, &agg_cfg);
         progress.finish();
         let (mut parts, spaces) = build(log, &agg, cfg, ranker, progress)?;
         // the relative λ carries over: the Gram's scale grows with the orders
         let alpha = report.ease.as_ref().map(|e| e.alpha);
-        if let Some(e) = fit_ease(&agg, &spaces, &mut parts, cfg, alpha, &[])? {
+        if let Some(e) = fit_ease(&mut agg, &spaces, &mut parts, cfg, alpha, &[])? {
             let trials = report.ease.take().map(|r| r.trials).unwrap_or_default();
             report.ease = Some(EaseReport { trials, ..e });
         }

@@ -54,56 +54,79 @@ pub struct RankerFit {
     pub hidden: usize,
 }
 
-/// Fits the scorer on `examples`: queries × candidates × features, each query's target in
-/// candidate row 0 and its first `valid[query]` rows real (the rest is padding, left out of the
-/// standardization and masked out of the softmax).
-pub fn fit_ranker(examples: &Array3<f32>, valid: &[usize], fit: &RankerFit, progress: &mut dyn Progress) -> Result<Ranker> {
-    let (q, c, nf) = examples.dim();
-    if valid.len() != q || valid.iter().any(|&v| v == 0 || v > c) {
-        return Err(TrainError::Tensor("every ranker query needs between 1 and all of its candidate rows valid".into()));
-    }
-    if q == 0 || c < 2 {
-        return Err(TrainError::NotEnoughData("no ranker query (the validation orders have no basket of two items or more)".into()));
-    }
-    if nf != N_FEATURES {
-        return Err(TrainError::Tensor(format!("ranker examples have {nf} features, expected {N_FEATURES}")));
-    }
-    // standardization over every valid candidate row, written straight into the tensor's buffer
-    let (mut sum, mut sum_sq, mut count) = (vec![0f64; nf], vec![0f64; nf], 0f64);
-    for (e, &v) in examples.outer_iter().zip(valid) {
-        for row in e.outer_iter().take(v) {
-            for (f, &x) in row.iter().enumerate() {
-                sum[f] += f64::from(x);
-                sum_sq[f] += f64::from(x) * f64::from(x);
+/// Ranker examples, standardized once into a burn tensor that every fit on them shares.
+pub struct RankerData {
+    x: Tensor<3>,
+    mask: Tensor<2>,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+}
+
+impl RankerData {
+    /// Takes `examples`: queries × candidates × features, each query's target in candidate row
+    /// 0 and its first `valid[query]` rows real (the rest is padding, left out of the
+    /// standardization and masked out of the softmax).
+    pub fn new(mut examples: Array3<f32>, valid: &[usize]) -> Result<Self> {
+        let (q, c, nf) = examples.dim();
+        if valid.len() != q || valid.iter().any(|&v| v == 0 || v > c) {
+            return Err(TrainError::Tensor("every ranker query needs between 1 and all of its candidate rows valid".into()));
+        }
+        if q == 0 || c < 2 {
+            return Err(TrainError::NotEnoughData("no ranker query (the validation orders have no basket of two items or more)".into()));
+        }
+        if nf != N_FEATURES {
+            return Err(TrainError::Tensor(format!("ranker examples have {nf} features, expected {N_FEATURES}")));
+        }
+        // standardization over every valid candidate row, in place
+        let (mut sum, mut sum_sq, mut count) = (vec![0f64; nf], vec![0f64; nf], 0f64);
+        for (e, &v) in examples.outer_iter().zip(valid) {
+            for row in e.outer_iter().take(v) {
+                for (f, &x) in row.iter().enumerate() {
+                    sum[f] += f64::from(x);
+                    sum_sq[f] += f64::from(x) * f64::from(x);
+                }
+                count += 1.0;
             }
-            count += 1.0;
         }
-    }
-    let mean: Vec<f32> = sum.iter().map(|s| (s / count) as f32).collect();
-    let std: Vec<f32> = sum
-        .iter()
-        .zip(&sum_sq)
-        .map(|(s, s2)| {
-            let var = (s2 / count - (s / count).powi(2)).max(0.0);
-            if var > 1e-12 { var.sqrt() as f32 } else { 1.0 }
-        })
-        .collect();
-    let mut data = Vec::with_capacity(q * c * nf);
-    let mut mask = Vec::with_capacity(q * c);
-    for (e, &v) in examples.outer_iter().zip(valid) {
-        for (k, row) in e.outer_iter().enumerate() {
-            let real = k < v;
-            mask.push(if real { 0.0f32 } else { -1e9 });
-            data.extend(row.iter().zip(mean.iter().zip(&std)).zip(&fit.disabled).map(
-                |((&x, (&m, &s)), &off)| {
-                    if off || !real { 0.0 } else { (x - m) / s }
-                },
-            ));
+        let mean: Vec<f32> = sum.iter().map(|s| (s / count) as f32).collect();
+        let std: Vec<f32> = sum
+            .iter()
+            .zip(&sum_sq)
+            .map(|(s, s2)| {
+                let var = (s2 / count - (s / count).powi(2)).max(0.0);
+                if var > 1e-12 { var.sqrt() as f32 } else { 1.0 }
+            })
+            .collect();
+        let mut mask = Vec::with_capacity(q * c);
+        for (mut e, &v) in examples.outer_iter_mut().zip(valid) {
+            for (k, mut row) in e.outer_iter_mut().enumerate() {
+                let real = k < v;
+                mask.push(if real { 0.0f32 } else { -1e9 });
+                row.iter_mut().zip(mean.iter().zip(&std)).for_each(|(x, (&m, &s))| *x = if real { (*x - m) / s } else { 0.0 });
+            }
         }
+        if !examples.is_standard_layout() {
+            examples = examples.as_standard_layout().into_owned();
+        }
+        let (data, _) = examples.into_raw_vec_and_offset(); // standard layout: offset 0, no copy
+        let device = Device::flex().autodiff();
+        let x = Tensor::from_data(TensorData::new(data, [q, c, nf]), &device);
+        let mask = Tensor::from_data(TensorData::new(mask, [q, c]), &device);
+        Ok(RankerData { x, mask, mean, std })
     }
-    let device = Device::flex().autodiff();
-    let x_all: Tensor<3> = Tensor::from_data(TensorData::new(data, [q, c, nf]), &device);
-    let mask_all: Tensor<2> = Tensor::from_data(TensorData::new(mask, [q, c]), &device);
+}
+
+/// Fits the scorer on `data`.
+pub fn fit_ranker(data: &RankerData, fit: &RankerFit, progress: &mut dyn Progress) -> Result<Ranker> {
+    let [q, c, _] = data.x.dims();
+    let device = data.x.device();
+    let x_all = &data.x;
+    let mask_all = &data.mask;
+    // disabled features are zeroed batch by batch
+    let keep: Option<Tensor<2>> = fit.disabled.iter().any(|&d| d).then(|| {
+        let m: Vec<f32> = fit.disabled.iter().map(|&d| if d { 0.0 } else { 1.0 }).collect();
+        Tensor::from_data(TensorData::new(m, [1, N_FEATURES]), &device)
+    });
     let mut rng = ChaCha8Rng::seed_from_u64(fit.seed);
     let h = fit.hidden;
     let hidden = (h > 0).then(|| {
@@ -127,7 +150,10 @@ pub fn fit_ranker(examples: &Array3<f32>, valid: &[usize], fit: &RankerFit, prog
         let lr = 0.05 * (1.0 - 0.9 * epoch as f64 / fit.epochs.max(1) as f64);
         for chunk in order.chunks(batch) {
             let idx = Tensor::<1, Int>::from_data(TensorData::new(chunk.to_vec(), [chunk.len()]), &device);
-            let xb = x_all.clone().select(0, idx.clone()).reshape([chunk.len() * c, N_FEATURES]);
+            let mut xb = x_all.clone().select(0, idx.clone()).reshape([chunk.len() * c, N_FEATURES]);
+            if let Some(k) = &keep {
+                xb = xb * k.clone();
+            }
             let scores = model.forward(xb).reshape([chunk.len(), c]) + mask_all.clone().select(0, idx);
             let loss = log_softmax(scores, 1).slice([0..chunk.len(), 0..1]).mean().neg();
             let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -144,7 +170,7 @@ pub fn fit_ranker(examples: &Array3<f32>, valid: &[usize], fit: &RankerFit, prog
         }
     }
     let mut ranker = Ranker::single(0);
-    (ranker.mean, ranker.scale, ranker.weights) = (mean, std, weights);
+    (ranker.mean, ranker.scale, ranker.weights) = (data.mean.clone(), data.std.clone(), weights);
     if let Some(hid) = &model.hidden {
         // stored units × features; disabled features were zero in every example
         let w1 = values(hid.w1.val().transpose())?;
@@ -252,12 +278,13 @@ mod tests {
         }
         let valid: Vec<usize> = (0..q).map(|k| if k % 2 == 0 { c } else { c - 4 }).collect();
         let fit = RankerFit { epochs: 40, seed: 1, disabled: [false; N_FEATURES], hidden: 0 };
-        let r = fit_ranker(&x, &valid, &fit, &mut crate::NoProgress).unwrap();
+        let data = RankerData::new(x, &valid).unwrap();
+        let r = fit_ranker(&data, &fit, &mut crate::NoProgress).unwrap();
         let best = (0..N_FEATURES).max_by(|&a, &b| r.weights[a].total_cmp(&r.weights[b])).unwrap();
         assert_eq!(best, 4, "{:?}", r.weights);
         let mut disabled = [false; N_FEATURES];
         disabled[4] = true;
-        let r = fit_ranker(&x, &valid, &RankerFit { disabled, hidden: 4, ..fit }, &mut crate::NoProgress).unwrap();
+        let r = fit_ranker(&data, &RankerFit { disabled, hidden: 4, ..fit }, &mut crate::NoProgress).unwrap();
         assert_eq!(r.weights[4], 0.0);
         assert_eq!((r.n_hidden(), r.hidden.len()), (4, 4 * N_FEATURES));
         assert!(r.validate().is_ok());

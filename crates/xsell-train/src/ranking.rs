@@ -13,7 +13,7 @@ use xsell_core::protocol::draw_index_queries;
 use xsell_core::{Aggregates, CrossSellModel, ItemIx, OrderLog};
 
 use crate::pipeline::{Spaces, ValidationMetrics};
-use crate::ranker::{RankerFit, fit_platt, fit_ranker};
+use crate::ranker::{RankerData, RankerFit, fit_platt, fit_ranker};
 use crate::{Progress, Result, TrainConfig};
 
 /// Held-out targets drawn per validation order, at most.
@@ -59,8 +59,7 @@ pub(crate) fn split_calibration(queries: &[MQuery], share: f64) -> (Vec<&MQuery>
 
 /// The fitted rankers and the examples they were fitted on (kept for ablations).
 pub(crate) struct Fits {
-    examples: Array3<f32>,
-    valid: Vec<usize>,
+    data: RankerData,
     fit: RankerFit,
     /// Fitted with `cfg.ranker_hidden` hidden units.
     main: Ranker,
@@ -74,12 +73,12 @@ pub(crate) fn fit_rankers(model: &CrossSellModel, queries: &[&MQuery], cfg: &Tra
     progress.start("ranker features", queries.len() as u64);
     // a small catalog holds fewer candidates than asked for
     let rows = (1 + cfg.ranker_hard_negatives + cfg.ranker_random_negatives).min(model.n_items().max(2));
-    let mut examples = Array3::<f32>::zeros((queries.len(), rows, N_FEATURES));
     let fit = RankerFit { epochs: cfg.ranker_epochs, seed: cfg.seed, disabled: [false; N_FEATURES], hidden: cfg.ranker_hidden };
     let mut mined: Option<Ranker> = None;
-    let mut valid = Vec::new();
+    let mut data = None;
     for round in 0..=cfg.ranker_mining_rounds {
-        valid = examples
+        let mut examples = Array3::<f32>::zeros((queries.len(), rows, N_FEATURES));
+        let valid: Vec<usize> = examples
             .outer_iter_mut()
             .into_par_iter()
             .zip(queries.par_iter())
@@ -89,11 +88,13 @@ pub(crate) fn fit_rankers(model: &CrossSellModel, queries: &[&MQuery], cfg: &Tra
         if round == 0 {
             progress.finish();
         }
-        mined = Some(fit_ranker(&examples, &valid, &fit, progress)?);
+        let d = RankerData::new(examples, &valid)?;
+        mined = Some(fit_ranker(&d, &fit, progress)?);
+        data = Some(d);
     }
-    let main = mined.expect("at least one round");
-    let linear = if cfg.ranker_hidden > 0 { Some(fit_ranker(&examples, &valid, &RankerFit { hidden: 0, ..fit }, progress)?) } else { None };
-    Ok(Fits { examples, valid, fit, main, linear })
+    let (main, data) = (mined.expect("at least one round"), data.expect("at least one round"));
+    let linear = if cfg.ranker_hidden > 0 { Some(fit_ranker(&data, &RankerFit { hidden: 0, ..fit }, progress)?) } else { None };
+    Ok(Fits { data, fit, main, linear })
 }
 
 impl Fits {
@@ -114,7 +115,7 @@ impl Fits {
             .map(|(group, features)| {
                 let mut disabled = [false; N_FEATURES];
                 features.iter().for_each(|&f| disabled[f] = true);
-                Ok((group.to_string(), fit_ranker(&self.examples, &self.valid, &RankerFit { disabled, hidden, ..self.fit }, progress)?))
+                Ok((group.to_string(), fit_ranker(&self.data, &RankerFit { disabled, hidden, ..self.fit }, progress)?))
             })
             .collect()
     }
