@@ -14,9 +14,6 @@ use rayon::prelude::*;
 
 use crate::{Csr, CustomerIx, ItemIx, OrderLog};
 
-/// One item's co-purchased items and counts.
-type PairRow = Vec<(u32, f32)>;
-
 /// Settings of the aggregate pass.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AggregateConfig {
@@ -26,14 +23,11 @@ pub struct AggregateConfig {
     pub gram_items: usize,
     /// The newest share of the orders counted again as the recent period (trends).
     pub recent_fraction: f64,
-    /// Gram weights halve every this share of the orders, counted back from the newest (0: all
-    /// orders weigh the same).
-    pub gram_half_life: f64,
 }
 
 impl Default for AggregateConfig {
     fn default() -> Self {
-        Self { max_neighbours: 200, gram_items: 0, recent_fraction: 0.1, gram_half_life: 0.0 }
+        Self { max_neighbours: 200, gram_items: 0, recent_fraction: 0.1 }
     }
 }
 
@@ -66,8 +60,8 @@ pub struct Aggregates {
     /// The most-bought items (at most `gram_items`, most bought first; ties by index).
     pub gram_items: Vec<ItemIx>,
     /// `gram[a, b]` = orders containing both `gram_items[a]` and `gram_items[b]` (the diagonal:
-    /// orders containing the item), weighted by recency when `gram_half_life` is set. Untruncated,
-    /// unlike `pairs`; the trainer takes it out once EASE is fit (it is the largest table).
+    /// orders containing the item). Untruncated, unlike `pairs`; the trainer takes it out once
+    /// EASE is fit (it is the largest table).
     pub gram: Array2<f32>,
 }
 
@@ -127,12 +121,7 @@ impl Aggregates {
         let m = gram_items.len();
         let mut gram = Array2::<f32>::zeros((m, m));
         let max_nb = cfg.max_neighbours;
-        // the Gram counts newer orders more: weight 1/2 per `gram_half_life` share of the orders
-        let n_ord = orders.len().max(1) as f64;
-        let half_life = cfg.gram_half_life;
-        let weight =
-            |k: usize| -> f32 { if half_life > 0.0 { 0.5f64.powf((n_ord - 1.0 - k as f64) / (half_life * n_ord)) as f32 } else { 1.0 } };
-        let pair_rows: Vec<PairRow> = (0..n_items)
+        let pair_rows: Vec<Vec<(u32, f32)>> = (0..n_items)
             .into_par_iter()
             .map_init(
                 || vec![0f32; n_items],
@@ -163,11 +152,10 @@ impl Aggregates {
         // each Gram row straight into place
         gram.axis_iter_mut(Axis(0)).into_par_iter().zip(gram_items.par_iter()).for_each(|(mut d, &i)| {
             for &k in &by_item[i as usize] {
-                let w = weight(k as usize);
                 for &j in &log.orders[orders[k as usize]].items {
                     let b = gram_pos[j as usize];
                     if b != u32::MAX {
-                        d[b as usize] += w;
+                        d[b as usize] += 1.0;
                     }
                 }
             }

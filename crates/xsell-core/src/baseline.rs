@@ -9,11 +9,12 @@ pub trait Recommender: Sync {
     fn recommend(&self, customer: Option<u32>, basket: &[ItemIx], k: usize) -> Vec<ItemIx>;
 }
 
-fn top_k(scores: &[f32], basket: &[ItemIx], k: usize) -> Vec<ItemIx> {
-    let mut idx: Vec<ItemIx> = (0..scores.len() as ItemIx).filter(|i| !basket.contains(i) && scores[*i as usize] > 0.0).collect();
-    idx.sort_unstable_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]).then(a.cmp(&b)));
-    idx.truncate(k);
-    idx
+/// The `k` best-scored items with a positive score, outside the basket.
+fn best(scores: &[f32], basket: &[ItemIx], k: usize) -> Vec<ItemIx> {
+    crate::top_k(scores.len(), k, |i| scores[i], |i| scores[i] > 0.0 && !basket.contains(&(i as ItemIx)))
+        .into_iter()
+        .map(|i| i as ItemIx)
+        .collect()
 }
 
 /// Most-bought items first.
@@ -22,7 +23,7 @@ pub struct Popularity<'a>(pub &'a Aggregates);
 
 impl Recommender for Popularity<'_> {
     fn recommend(&self, _: Option<u32>, basket: &[ItemIx], k: usize) -> Vec<ItemIx> {
-        top_k(&self.0.item_orders, basket, k)
+        best(&self.0.item_orders, basket, k)
     }
 }
 
@@ -43,6 +44,6 @@ impl Recommender for Cooccurrence<'_> {
                 scores[j as usize] += c / ci;
             }
         }
-        top_k(&scores, basket, k)
+        best(&scores, basket, k)
     }
 }

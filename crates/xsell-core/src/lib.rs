@@ -27,5 +27,20 @@ pub type ItemIx = u32;
 /// Index of a customer in a customer table.
 pub type CustomerIx = u32;
 
+/// The `k` indices of `0..n` with the highest `score` among those `keep` lets through, best
+/// first (ties: the lower index first).
+pub fn top_k(n: usize, k: usize, score: impl Fn(usize) -> f32, keep: impl Fn(usize) -> bool) -> Vec<usize> {
+    let order = |a: &usize, b: &usize| score(*b).total_cmp(&score(*a)).then(a.cmp(b));
+    let mut idx: Vec<usize> = (0..n).filter(|&i| keep(i)).collect();
+    if idx.len() > k {
+        if k > 0 {
+            idx.select_nth_unstable_by(k - 1, order);
+        }
+        idx.truncate(k);
+    }
+    idx.sort_unstable_by(order);
+    idx
+}
+
 #[cfg(test)]
 mod tests;

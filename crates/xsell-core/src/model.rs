@@ -197,10 +197,8 @@ impl Ranker {
 /// Per category: whether its items are bought together less often than chance, from the
 /// stored co-purchase counts (pairs of items sold too rarely to judge do not count).
 fn substitute_categories(p: &ModelParts, category_of: &[Option<u32>], n_categories: usize) -> Vec<bool> {
-    let (mut together, mut expected) = (vec![0f64; n_categories], vec![0f64; n_categories]);
     let n = f64::from(p.n_orders.max(1.0));
-    let mut sum = vec![0f64; n_categories];
-    let mut sum_sq = vec![0f64; n_categories];
+    let (mut together, mut sum, mut sum_sq) = (vec![0f64; n_categories], vec![0f64; n_categories], vec![0f64; n_categories]);
     for (i, c) in category_of.iter().enumerate() {
         if let Some(c) = c {
             let o = f64::from(p.items.orders[i]);
@@ -214,11 +212,13 @@ fn substitute_categories(p: &ModelParts, category_of: &[Option<u32>], n_categori
             }
         }
     }
-    for c in 0..n_categories {
-        expected[c] = (sum[c] * sum[c] - sum_sq[c]) / n;
-    }
-    // enough evidence: at least a few co-purchases expected across the category
-    together.iter().zip(&expected).map(|(&t, &e)| e >= 5.0 && t < e).collect()
+    // pairs expected by chance; enough evidence: at least a few across the category
+    (0..n_categories)
+        .map(|c| {
+            let expected = (sum[c] * sum[c] - sum_sq[c]) / n;
+            expected >= 5.0 && together[c] < expected
+        })
+        .collect()
 }
 
 /// Logistic function.
@@ -446,6 +446,9 @@ impl CrossSellModel {
         parts.pairs.validate(n, n).map_err(|e| Error::Inconsistent(format!("pairs: {e}")))?;
         parts.history.validate(nc, n).map_err(|e| Error::Inconsistent(format!("history: {e}")))?;
         parts.since.validate(nc, n).map_err(|e| Error::Inconsistent(format!("since: {e}")))?;
+        if parts.since.indptr != parts.history.indptr || parts.since.indices != parts.history.indices {
+            return inc("since and history must hold the same customer-item pairs".into());
+        }
         parts.ease.validate(n, n).map_err(|e| Error::Inconsistent(format!("ease: {e}")))?;
         if parts.emb_in.nrows() != n || parts.emb_out.dim() != parts.emb_in.dim() {
             return inc(format!("embeddings have shape {:?}/{:?}, expected {n} rows", parts.emb_in.dim(), parts.emb_out.dim()));
@@ -549,11 +552,12 @@ impl CrossSellModel {
         if let Some(c) = customer {
             let orders = p.customers.orders[c as usize].max(1.0);
             let (cols, vals) = p.history.row(c as usize);
-            for (&i, &h) in cols.iter().zip(vals) {
+            let (_, ages) = p.since.row(c as usize); // the same pairs, validated
+            for ((&i, &h), &age) in cols.iter().zip(vals).zip(ages) {
                 let share = h / orders;
                 x[[i as usize, HIST_LOG]] = h.ln_1p();
                 x[[i as usize, HIST_SHARE]] = share;
-                x[[i as usize, HIST_RECENCY]] = 1.0 / (1.0 + p.since.get(c as usize, i).max(0.0));
+                x[[i as usize, HIST_RECENCY]] = 1.0 / (1.0 + age.max(0.0));
                 let (ecols, evals) = p.ease.row(i as usize);
                 for (&j, &b) in ecols.iter().zip(evals) {
                     x[[j as usize, EASE_HISTORY]] += share * b;

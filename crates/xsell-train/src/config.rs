@@ -26,9 +26,6 @@ pub struct TrainConfig {
     pub max_neighbours: usize,
     /// EASE covers this many most-bought items (its inverse is cubic in it; 0 turns EASE off).
     pub ease_items: usize,
-    /// EASE's Gram counts an order half as much per this share of the orders it is older than
-    /// the newest (0: no decay).
-    pub ease_half_life: f64,
     /// λ is chosen on the Gram of this many most-bought items (a leading block of the whole).
     pub ease_search_items: usize,
     /// EASE regularization; 0 chooses it on the validation queries from
@@ -46,8 +43,6 @@ pub struct TrainConfig {
     pub ranker_random_negatives: usize,
     /// Ranker training epochs.
     pub ranker_epochs: usize,
-    /// Refits of the ranker on negatives mined from its previous fit.
-    pub ranker_mining_rounds: usize,
     /// Hidden ReLU units of the ranker (0: linear only; otherwise a linear ranker is fitted too
     /// and the one that ranks the validation queries better is kept).
     pub ranker_hidden: usize,
@@ -73,7 +68,6 @@ impl Default for TrainConfig {
             ease_items: 5000,
             ease_lambda: 0.0,
             ease_search_items: 2000,
-            ease_half_life: 0.0,
             recent_fraction: 0.1,
             validation_fraction: 0.1,
             ranker_queries: 6000,
@@ -81,7 +75,6 @@ impl Default for TrainConfig {
             ranker_random_negatives: 100,
             ranker_epochs: 30,
             ranker_hidden: 16,
-            ranker_mining_rounds: 0,
             calibration_share: 0.3,
             refit: true,
             ablation: false,

@@ -16,7 +16,7 @@ use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, Axis, s};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use xsell_core::metrics::{Evaluator, QueryTags};
-use xsell_core::{Csr, ItemIx};
+use xsell_core::{Csr, ItemIx, top_k};
 
 use crate::{Result, TrainError};
 
@@ -61,17 +61,15 @@ fn regularized_inverse(gram: &Array2<f32>, alpha: f64) -> Result<(Array2<f64>, f
     Ok((p, lambda))
 }
 
+/// `B[a, c] = −P[a, c] / P[c, c]` off the diagonal, 0 on it.
+fn weight(p: &Array2<f64>, a: usize, c: usize) -> f32 {
+    if a == c { 0.0 } else { (-p[[a, c]] / p[[c, c]]) as f32 }
+}
+
 /// Fits EASE on a Gram matrix with regularization λ = `alpha` × [`diagonal_scale`].
 pub fn fit(gram: &Array2<f32>, alpha: f64) -> Result<Ease> {
-    let m = gram.nrows();
     let (p, lambda) = regularized_inverse(gram, alpha)?;
-    let d: Array1<f64> = p.diag().to_owned();
-    let mut b = Array2::<f32>::zeros((m, m));
-    b.axis_iter_mut(Axis(0)).into_par_iter().zip(p.axis_iter(Axis(0)).into_par_iter()).enumerate().for_each(|(a, (mut row, prow))| {
-        for (c, (v, &pv)) in row.iter_mut().zip(prow.iter()).enumerate() {
-            *v = if a == c { 0.0 } else { (-pv / d[c]) as f32 };
-        }
-    });
+    let b = Array2::from_shape_fn(p.dim(), |(a, c)| weight(&p, a, c));
     Ok(Ease { alpha, lambda, b })
 }
 
@@ -115,14 +113,7 @@ pub fn judge(ease: &Ease, queries: &[PosQuery]) -> (f64, f64) {
             for &a in basket {
                 score += &ease.b.row(a);
             }
-            let mut order: Vec<usize> = (0..m).filter(|c| !basket.contains(c)).collect();
-            let top = 20.min(order.len());
-            if top > 0 && top < order.len() {
-                order.select_nth_unstable_by(top - 1, |&x, &y| score[y].total_cmp(&score[x]).then(x.cmp(&y)));
-            }
-            order.truncate(top);
-            order.sort_unstable_by(|&x, &y| score[y].total_cmp(&score[x]).then(x.cmp(&y)));
-            order.iter().map(|c| c.to_string()).collect()
+            top_k(m, 20, |c| score[c], |c| !basket.contains(&c)).iter().map(|c| c.to_string()).collect()
         })
         .collect();
     let mut ev = Evaluator::new();
@@ -138,9 +129,7 @@ pub fn judge(ease: &Ease, queries: &[PosQuery]) -> (f64, f64) {
 /// from the inverse (the dense weight matrix is never built). Returns them and λ.
 pub fn fit_sparse(gram: &Array2<f32>, alpha: f64, items: &[ItemIx], n_items: usize, keep: usize) -> Result<(Csr, f64)> {
     let (p, lambda) = regularized_inverse(gram, alpha)?;
-    let d: Array1<f64> = p.diag().to_owned();
-    let weight = |a: usize, c: usize| if a == c { 0.0 } else { (-p[[a, c]] / d[c]) as f32 };
-    Ok((strongest(p.nrows(), weight, items, n_items, keep), lambda))
+    Ok((strongest(p.nrows(), |a, c| weight(&p, a, c), items, n_items, keep), lambda))
 }
 
 /// The strongest `keep` weights (by magnitude) of each covered row, as an `n_items` × `n_items`

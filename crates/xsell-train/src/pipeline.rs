@@ -9,7 +9,7 @@ use xsell_core::{Aggregates, CrossSellModel, Csr, ItemIx, OrderLog};
 
 use crate::ease::{self, LAMBDA_GRID, LambdaTrial, PosQuery};
 use crate::embed::train_embeddings;
-use crate::ranking::{self, MQuery};
+use crate::ranking::{self, Kind, MQuery};
 use crate::{Progress, Result, TrainConfig, TrainError};
 
 /// Wall time of one phase.
@@ -41,8 +41,8 @@ pub struct TrainReport {
     pub customers: usize,
     /// Ranker queries used for fitting.
     pub ranker_queries: usize,
-    /// The ranker kept, by validation: "hidden-layer ranker", "linear ranker", "fitted ranker"
-    /// (the only fit, when `ranker_hidden` is 0) or "ease alone".
+    /// The ranker kept, by validation: "hidden-layer ranker", "linear ranker" or "ease alone"
+    /// ("co-occurrence" when there was nothing to fit).
     pub ranker: String,
     /// Time per phase.
     pub phases: Vec<PhaseTime>,
@@ -158,8 +158,9 @@ fn build(log: &OrderLog, agg: &Aggregates, cfg: &TrainConfig, ranker: Ranker, pr
 }
 
 /// Fits EASE on the Gram of `agg` (taken out of it: it is large and used only here) into
-/// `parts.ease`: at `alpha` when given, else at the best
-/// of [`LAMBDA_GRID`] on `queries` (the middle of the grid when there is none).
+/// `parts.ease`. λ, as a multiple of the Gram's mean diagonal: `alpha` when given (a refit
+/// carries it over), else `cfg.ease_lambda` when set, else the best of [`LAMBDA_GRID`] on
+/// `queries` (the middle of the grid when there is none).
 fn fit_ease(
     agg: &mut Aggregates,
     spaces: &Spaces,
@@ -175,6 +176,7 @@ fn fit_ease(
     let gram = std::mem::take(&mut agg.gram);
     let (alpha, trials) = match alpha {
         Some(a) => (a, Vec::new()),
+        None if cfg.ease_lambda > 0.0 => (cfg.ease_lambda / ease::diagonal_scale(&gram), Vec::new()),
         None if queries.is_empty() => (1.0, Vec::new()),
         None => {
             let mut pos = vec![None; parts.items.ids.len()];
@@ -198,12 +200,7 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
     if orders.is_empty() {
         return Err(TrainError::NotEnoughData("no training order".into()));
     }
-    let agg_cfg = AggregateConfig {
-        max_neighbours: cfg.max_neighbours,
-        gram_items: cfg.ease_items,
-        recent_fraction: cfg.recent_fraction,
-        gram_half_life: cfg.ease_half_life,
-    };
+    let agg_cfg = AggregateConfig { max_neighbours: cfg.max_neighbours, gram_items: cfg.ease_items, recent_fraction: cfg.recent_fraction };
     let mut report = TrainReport { orders: orders.len(), ..Default::default() };
     let mut timer = Timer { phases: &mut report.phases, start: Instant::now() };
 
@@ -216,14 +213,13 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
     let mut base_agg = Aggregates::compute(log, base, base_cut, &agg_cfg);
     progress.finish();
     timer.lap("aggregates");
-    let (mut parts, spaces) = build(log, &base_agg, cfg, Ranker::single(1), progress)?;
+    let (mut parts, spaces) = build(log, &base_agg, cfg, Ranker::single(feature::COOC_MEAN), progress)?;
     timer.lap("embeddings");
 
     let queries = if fit_ranker_now { ranking::draw_queries(log, valid, &spaces, cfg) } else { Vec::new() };
     let (calib, fit) = ranking::split_calibration(&queries, cfg.calibration_share);
     progress.start("ease", 1);
-    let fixed_alpha = (cfg.ease_lambda > 0.0).then(|| cfg.ease_lambda / ease::diagonal_scale(&base_agg.gram));
-    report.ease = fit_ease(&mut base_agg, &spaces, &mut parts, cfg, fixed_alpha, &fit)?;
+    report.ease = fit_ease(&mut base_agg, &spaces, &mut parts, cfg, None, &fit)?;
     progress.finish();
     timer.lap("ease");
 
@@ -239,18 +235,18 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
         let judged = if calib.is_empty() { &fit } else { &calib };
         let mut contenders = Vec::new();
         if report.ease.is_some() {
-            contenders.push(("ease alone", Ranker::single(feature::EASE)));
+            contenders.push((Kind::EaseAlone, Ranker::single(feature::EASE)));
         }
         if let Some(f) = &fits {
             contenders.extend(f.contenders());
         }
-        let chosen = ranking::select(&model, &base_agg, judged, contenders)?;
+        let chosen = ranking::select(&model, &base_agg, judged, contenders);
         timer.lap("calibration");
         if let Some(f) = fits.filter(|_| cfg.ablation) {
-            ablations = f.without_each_group(&chosen.name, progress)?;
+            ablations = f.without_each_group(chosen.kind, progress)?;
             timer.lap("ablation rankers");
         }
-        report.ranker = chosen.name;
+        report.ranker = chosen.kind.name().into();
         ranker = chosen.ranker;
         validation = chosen.validation;
     }

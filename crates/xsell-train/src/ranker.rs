@@ -1,9 +1,9 @@
-//! The ranker: a linear scorer over the core's features, fitted with a sampled-softmax loss in
-//! burn, and Platt calibration of its scores.
+//! The ranker: a scorer over the core's features (linear, optionally plus one hidden ReLU
+//! layer), fitted with a sampled-softmax loss in burn, and Platt calibration of its scores.
 //!
 //! Each training query contributes its target (row 0) and a fixed number of negatives; the loss
 //! is the negative log of the target's softmax share among them, which optimises the ranking
-//! directly. The scorer is linear so that serving is one matrix-vector product per request.
+//! directly. The scorer stays small so that serving is a couple of matrix products per request.
 
 use burn::module::{Module, Param};
 use burn::optim::{AdamConfig, GradientsParams, decay::WeightDecayConfig};
@@ -163,19 +163,15 @@ pub fn fit_ranker(data: &RankerData, fit: &RankerFit, progress: &mut dyn Progres
     }
     progress.finish();
     let values = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().map_err(|e| TrainError::Tensor(format!("{e:?}")));
-    let mut weights = values(model.w.val())?;
-    for (w, &off) in weights.iter_mut().zip(&fit.disabled) {
-        if off {
-            *w = 0.0;
-        }
-    }
+    // disabled features were zero in every batch: their weights are exactly 0
+    let per_feature = |w: Vec<f32>| -> Vec<f32> {
+        w.chunks(N_FEATURES).flat_map(|row| row.iter().zip(&fit.disabled).map(|(&w, &off)| if off { 0.0 } else { w })).collect()
+    };
     let mut ranker = Ranker::single(0);
-    (ranker.mean, ranker.scale, ranker.weights) = (data.mean.clone(), data.std.clone(), weights);
+    (ranker.mean, ranker.scale, ranker.weights) = (data.mean.clone(), data.std.clone(), per_feature(values(model.w.val())?));
     if let Some(hid) = &model.hidden {
-        // stored units × features; disabled features were zero in every example
-        let w1 = values(hid.w1.val().transpose())?;
-        ranker.hidden =
-            w1.chunks(N_FEATURES).flat_map(|row| row.iter().zip(&fit.disabled).map(|(&w, &off)| if off { 0.0 } else { w })).collect();
+        // stored units × features
+        ranker.hidden = per_feature(values(hid.w1.val().transpose())?);
         ranker.hidden_bias = values(hid.b1.val().unsqueeze::<2>())?;
         ranker.hidden_out = values(hid.w2.val())?;
     }

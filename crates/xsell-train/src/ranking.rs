@@ -8,9 +8,9 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use xsell_core::baseline::{Cooccurrence, Popularity, Recommender};
 use xsell_core::metrics::{Evaluator, QueryTags};
-use xsell_core::model::{FEATURE_GROUPS, ModelParts, N_FEATURES, Ranker, feature};
+use xsell_core::model::{FEATURE_GROUPS, N_FEATURES, Ranker, feature};
 use xsell_core::protocol::draw_index_queries;
-use xsell_core::{Aggregates, CrossSellModel, ItemIx, OrderLog};
+use xsell_core::{Aggregates, CrossSellModel, ItemIx, OrderLog, top_k};
 
 use crate::pipeline::{Spaces, ValidationMetrics};
 use crate::ranker::{RankerData, RankerFit, fit_platt, fit_ranker};
@@ -57,59 +57,74 @@ pub(crate) fn split_calibration(queries: &[MQuery], share: f64) -> (Vec<&MQuery>
     queries.iter().partition(|q| (q.order as f64 * share).fract() + share >= 1.0)
 }
 
+/// The contenders for the kept ranker, simplest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Nothing to fit or judge: co-occurrence, uncalibrated.
+    CoOccurrence,
+    /// EASE alone.
+    EaseAlone,
+    /// The linear ranker.
+    Linear,
+    /// The ranker with a hidden layer.
+    HiddenLayer,
+}
+
+impl Kind {
+    /// The name reported.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::CoOccurrence => "co-occurrence",
+            Kind::EaseAlone => "ease alone",
+            Kind::Linear => "linear ranker",
+            Kind::HiddenLayer => "hidden-layer ranker",
+        }
+    }
+}
+
 /// The fitted rankers and the examples they were fitted on (kept for ablations).
 pub(crate) struct Fits {
     data: RankerData,
     fit: RankerFit,
-    /// Fitted with `cfg.ranker_hidden` hidden units.
-    main: Ranker,
-    /// The linear one, when `main` has a hidden layer.
-    linear: Option<Ranker>,
+    linear: Ranker,
+    /// Fitted with `cfg.ranker_hidden` hidden units, when there are some.
+    hidden: Option<Ranker>,
 }
 
-/// Builds the examples of `queries` and fits the ranker (with `cfg.ranker_mining_rounds` refits
-/// on negatives mined from the previous fit), plus a linear one when it has a hidden layer.
+/// Builds the examples of `queries` and fits a linear ranker, and one with `cfg.ranker_hidden`
+/// hidden units when that is not 0.
 pub(crate) fn fit_rankers(model: &CrossSellModel, queries: &[&MQuery], cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Fits> {
     progress.start("ranker features", queries.len() as u64);
     // a small catalog holds fewer candidates than asked for
     let rows = (1 + cfg.ranker_hard_negatives + cfg.ranker_random_negatives).min(model.n_items().max(2));
+    let mut examples = Array3::<f32>::zeros((queries.len(), rows, N_FEATURES));
+    let valid: Vec<usize> = examples
+        .outer_iter_mut()
+        .into_par_iter()
+        .zip(queries.par_iter())
+        .enumerate()
+        .map(|(k, (slot, q))| examples_for(model, q, cfg, cfg.seed ^ k as u64, slot))
+        .collect();
+    progress.finish();
+    let data = RankerData::new(examples, &valid)?;
     let fit = RankerFit { epochs: cfg.ranker_epochs, seed: cfg.seed, disabled: [false; N_FEATURES], hidden: cfg.ranker_hidden };
-    let mut mined: Option<Ranker> = None;
-    let mut data = None;
-    for round in 0..=cfg.ranker_mining_rounds {
-        let mut examples = Array3::<f32>::zeros((queries.len(), rows, N_FEATURES));
-        let valid: Vec<usize> = examples
-            .outer_iter_mut()
-            .into_par_iter()
-            .zip(queries.par_iter())
-            .enumerate()
-            .map(|(k, (slot, q))| examples_for(model, q, cfg, cfg.seed ^ k as u64, mined.as_ref(), slot))
-            .collect();
-        if round == 0 {
-            progress.finish();
-        }
-        let d = RankerData::new(examples, &valid)?;
-        mined = Some(fit_ranker(&d, &fit, progress)?);
-        data = Some(d);
-    }
-    let (main, data) = (mined.expect("at least one round"), data.expect("at least one round"));
-    let linear = if cfg.ranker_hidden > 0 { Some(fit_ranker(&data, &RankerFit { hidden: 0, ..fit }, progress)?) } else { None };
-    Ok(Fits { data, fit, main, linear })
+    let hidden = if cfg.ranker_hidden > 0 { Some(fit_ranker(&data, &fit, progress)?) } else { None };
+    let linear = fit_ranker(&data, &RankerFit { hidden: 0, ..fit }, progress)?;
+    Ok(Fits { data, fit, linear, hidden })
 }
 
 impl Fits {
-    /// The fitted rankers, simplest first, named.
-    pub(crate) fn contenders(&self) -> Vec<(&'static str, Ranker)> {
-        match &self.linear {
-            Some(l) => vec![("linear ranker", l.clone()), ("hidden-layer ranker", self.main.clone())],
-            None => vec![("fitted ranker", self.main.clone())],
-        }
+    /// The fitted rankers, simplest first.
+    pub(crate) fn contenders(&self) -> Vec<(Kind, Ranker)> {
+        let mut c = vec![(Kind::Linear, self.linear.clone())];
+        c.extend(self.hidden.clone().map(|h| (Kind::HiddenLayer, h)));
+        c
     }
 
-    /// Per feature group, a ranker of the family of `kept` (the linear one when EASE alone or
-    /// the linear ranker was kept) fitted without it (uncalibrated).
-    pub(crate) fn without_each_group(&self, kept: &str, progress: &mut dyn Progress) -> Result<Vec<(String, Ranker)>> {
-        let hidden = if kept == "linear ranker" || kept == "ease alone" { 0 } else { self.fit.hidden };
+    /// Per feature group, a ranker of the family of `kept` (the linear one unless the
+    /// hidden-layer ranker was kept) fitted without it (uncalibrated).
+    pub(crate) fn without_each_group(&self, kept: Kind, progress: &mut dyn Progress) -> Result<Vec<(String, Ranker)>> {
+        let hidden = if kept == Kind::HiddenLayer { self.fit.hidden } else { 0 };
         FEATURE_GROUPS
             .iter()
             .map(|(group, features)| {
@@ -123,7 +138,7 @@ impl Fits {
 
 /// The ranker kept by [`select`], calibrated, with the validation table.
 pub(crate) struct Chosen {
-    pub(crate) name: String,
+    pub(crate) kind: Kind,
     pub(crate) ranker: Ranker,
     pub(crate) validation: ValidationMetrics,
 }
@@ -131,29 +146,45 @@ pub(crate) struct Chosen {
 /// Judges `contenders` (simplest first) on `queries` and keeps the simplest one that no richer
 /// one beats by more than one standard error of the paired per-query difference (so a small
 /// validation slice cannot hand the model to noise); then Platt-calibrates it on its top 10s.
-pub(crate) fn select(model: &CrossSellModel, agg: &Aggregates, queries: &[&MQuery], contenders: Vec<(&str, Ranker)>) -> Result<Chosen> {
-    let mut kept: Option<(&str, Ranker, Judged)> = None;
-    let mut rows = Vec::new();
-    let mut validation = ValidationMetrics::default();
-    for (name, r) in contenders {
-        let judge = CrossSellModel::new(ModelParts { ranker: r.clone(), ..model.parts().clone() })?;
-        let (top, metrics) = calibrate_and_judge(&judge, agg, queries);
-        let (_, hit, mrr) = metrics.systems[0];
-        rows.push((name.to_string(), hit, mrr));
-        if kept.as_ref().is_none_or(|(_, _, k)| clearly_better(&top.outcome, &k.outcome)) {
-            kept = Some((name, r, top));
+/// Each query's features are computed once for every contender.
+pub(crate) fn select(model: &CrossSellModel, agg: &Aggregates, queries: &[&MQuery], contenders: Vec<(Kind, Ranker)>) -> Chosen {
+    // per query, per contender: the top 20 and their scores
+    let tops: Vec<Vec<Top>> = queries
+        .par_iter()
+        .map(|q| {
+            let x = model.features(q.customer, &q.basket);
+            contenders
+                .iter()
+                .map(|(_, r)| {
+                    let s = r.scores(&x);
+                    let top: Vec<ItemIx> =
+                        top_k(s.len(), 20, |j| s[j], |j| !q.basket.contains(&(j as ItemIx))).into_iter().map(|j| j as ItemIx).collect();
+                    let scores = top.iter().map(|&j| s[j as usize]).collect();
+                    (top, scores)
+                })
+                .collect()
+        })
+        .collect();
+    let mut kept: Option<(Kind, Ranker, Judged)> = None;
+    let mut systems = Vec::new();
+    for (c, (kind, r)) in contenders.into_iter().enumerate() {
+        let (judged, hit, mrr) = judge(queries, tops.iter().map(|t| &t[c]), model.n_items());
+        systems.push((kind.name().to_string(), hit, mrr));
+        if kept.as_ref().is_none_or(|(_, _, k)| clearly_better(&judged.outcome, &k.outcome)) {
+            kept = Some((kind, r, judged));
         }
-        // the baselines' rows are the same for every contender
-        validation = ValidationMetrics { systems: metrics.systems[1..].to_vec(), ..metrics };
     }
-    let Some((name, mut ranker, top)) = kept else {
-        return Ok(Chosen { name: "co-occurrence".into(), ranker: Ranker::single(feature::COOC_MEAN), validation });
+    systems.extend(baselines(agg, queries, model.n_items()));
+    let validation = ValidationMetrics { queries: queries.len(), systems };
+    let Some((kind, mut ranker, judged)) = kept else {
+        return Chosen { kind: Kind::CoOccurrence, ranker: Ranker::single(feature::COOC_MEAN), validation };
     };
-    (ranker.calib_a, ranker.calib_b) = fit_platt(&top.scores, &top.labels);
-    rows.append(&mut validation.systems);
-    validation.systems = rows;
-    Ok(Chosen { name: name.into(), ranker, validation })
+    (ranker.calib_a, ranker.calib_b) = fit_platt(&judged.scores, &judged.labels);
+    Chosen { kind, ranker, validation }
 }
+
+/// One query's top 20 items and their scores.
+type Top = (Vec<ItemIx>, Vec<f32>);
 
 /// A ranker on held-out queries.
 struct Judged {
@@ -193,18 +224,10 @@ const NEGATIVE_SOURCES: [usize; 11] = [
     feature::POP_RECENT,
 ];
 
-/// Target row first, then hard negatives, then random ones, written into `out` (at most
-/// `1 + hard + random` rows, fewer in a tiny catalog); returns the rows written. The hard negatives are the best items of each of
-/// [`NEGATIVE_SOURCES`] in turn; with a `mined` ranker, half of them are that ranker's own
-/// favourites first (the mistakes it still makes).
-fn examples_for(
-    model: &CrossSellModel,
-    q: &MQuery,
-    cfg: &TrainConfig,
-    seed: u64,
-    mined: Option<&Ranker>,
-    mut out: ArrayViewMut2<'_, f32>,
-) -> usize {
+/// Target row first, then hard negatives (the best items of each of [`NEGATIVE_SOURCES`] in
+/// turn), then random ones, written into `out` (at most `1 + hard + random` rows, fewer in a
+/// tiny catalog); returns the rows written.
+fn examples_for(model: &CrossSellModel, q: &MQuery, cfg: &TrainConfig, seed: u64, mut out: ArrayViewMut2<'_, f32>) -> usize {
     let x = model.features(q.customer, &q.basket);
     let n = x.nrows();
     let mut taken = vec![false; n];
@@ -213,28 +236,18 @@ fn examples_for(
         taken[i as usize] = true;
     }
     let mut rows = vec![q.target as usize];
-    let mut take_best = |score: &dyn Fn(usize) -> f32, room: usize, rows: &mut Vec<usize>| {
-        let mut best: Vec<usize> = (0..n).filter(|&j| !taken[j] && score(j) > 0.0).collect();
+    let per_source = cfg.ranker_hard_negatives.div_ceil(NEGATIVE_SOURCES.len());
+    let hard_end = 1 + cfg.ranker_hard_negatives;
+    for f in NEGATIVE_SOURCES {
+        let room = per_source.min(hard_end - rows.len());
+        let mut best: Vec<usize> = (0..n).filter(|&j| !taken[j] && x[[j, f]] > 0.0).collect();
         if best.len() > room && room > 0 {
-            best.select_nth_unstable_by(room - 1, |&a, &b| score(b).total_cmp(&score(a)).then(a.cmp(&b)));
+            best.select_nth_unstable_by(room - 1, |&a, &b| x[[b, f]].total_cmp(&x[[a, f]]).then(a.cmp(&b)));
         }
         for &j in best.iter().take(room) {
             taken[j] = true;
             rows.push(j);
         }
-    };
-    let mut hard = cfg.ranker_hard_negatives;
-    if let Some(r) = mined {
-        let s = r.scores(&x);
-        let lowest = s.iter().copied().fold(f32::INFINITY, f32::min);
-        take_best(&|j| s[j] - lowest + 1.0, hard / 2, &mut rows);
-        hard -= rows.len() - 1;
-    }
-    let per_source = hard.div_ceil(NEGATIVE_SOURCES.len());
-    let hard_end = rows.len() + hard;
-    for f in NEGATIVE_SOURCES {
-        let room = per_source.min(hard_end - rows.len());
-        take_best(&|j| x[[j, f]], room, &mut rows);
     }
     let want = 1 + cfg.ranker_hard_negatives + cfg.ranker_random_negatives;
     let rest: Vec<usize> = (0..n).filter(|&j| !taken[j]).collect();
@@ -249,43 +262,38 @@ fn examples_for(
     rows.len()
 }
 
-/// Top-10 scores and labels of the held-out queries (for Platt), and validation metrics of the
-/// model and of the baselines.
-fn calibrate_and_judge(model: &CrossSellModel, agg: &Aggregates, queries: &[&MQuery]) -> (Judged, ValidationMetrics) {
-    let results: Vec<(Vec<ItemIx>, Vec<f32>)> = queries
-        .par_iter()
-        .map(|q| {
-            let scores = model.scores(q.customer, &q.basket);
-            let mut order: Vec<ItemIx> = (0..scores.len() as ItemIx).filter(|j| !q.basket.contains(j)).collect();
-            order.sort_unstable_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]).then(a.cmp(&b)));
-            order.truncate(20);
-            let s = order.iter().map(|&j| scores[j as usize]).collect();
-            (order, s)
-        })
-        .collect();
-    let (mut cal_s, mut cal_y, mut outcome) = (Vec::new(), Vec::new(), Vec::new());
-    let mut eval_model = Evaluator::new();
-    let key = |i: ItemIx| i.to_string();
-    for (q, (order, s)) in queries.iter().zip(&results) {
+/// A contender's top 20s on `queries`: its top-10 scores and labels (Platt's input), per-query
+/// outcomes, hit@10 and mrr@20.
+fn judge<'a>(queries: &[&MQuery], tops: impl Iterator<Item = &'a Top>, n_items: usize) -> (Judged, f64, f64) {
+    let (mut scores, mut labels, mut outcome) = (Vec::new(), Vec::new(), Vec::new());
+    let mut ev = Evaluator::new();
+    for (q, (order, s)) in queries.iter().zip(tops) {
         for (&j, &sc) in order.iter().zip(s).take(10) {
-            cal_s.push(sc);
-            cal_y.push(j == q.target);
+            scores.push(sc);
+            labels.push(j == q.target);
         }
         outcome.push(order.iter().position(|&j| j == q.target).map_or(0.0, |r| f64::from(u8::from(r < 10)) + 1.0 / (r + 1) as f64));
-        let ranked: Vec<String> = order.iter().map(|&j| key(j)).collect();
-        eval_model.add(&ranked, None, &key(q.target), QueryTags::default());
+        let ranked: Vec<String> = order.iter().map(|j| j.to_string()).collect();
+        ev.add(&ranked, None, &q.target.to_string(), QueryTags::default());
     }
-    let mut systems = vec![summary("xsell", &eval_model, model.n_items())];
-    let baselines: [(&str, &dyn Recommender); 2] = [("cooccurrence", &Cooccurrence(agg)), ("popularity", &Popularity(agg))];
-    for (name, rec) in baselines {
-        let mut ev = Evaluator::new();
-        for q in queries {
-            let ranked: Vec<String> = rec.recommend(None, &q.log_basket, 20).into_iter().map(key).collect();
-            ev.add(&ranked, None, &key(q.log_target), QueryTags::default());
-        }
-        systems.push(summary(name, &ev, model.n_items()));
-    }
-    (Judged { scores: cal_s, labels: cal_y, outcome }, ValidationMetrics { queries: queries.len(), systems })
+    let (_, hit, mrr) = summary("", &ev, n_items);
+    (Judged { scores, labels, outcome }, hit, mrr)
+}
+
+/// hit@10 / mrr@20 of the built-in baselines on `queries` (in log space).
+fn baselines(agg: &Aggregates, queries: &[&MQuery], n_items: usize) -> Vec<(String, f64, f64)> {
+    let systems: [(&str, &dyn Recommender); 2] = [("cooccurrence", &Cooccurrence(agg)), ("popularity", &Popularity(agg))];
+    systems
+        .into_iter()
+        .map(|(name, rec)| {
+            let mut ev = Evaluator::new();
+            for q in queries {
+                let ranked: Vec<String> = rec.recommend(None, &q.log_basket, 20).into_iter().map(|i| i.to_string()).collect();
+                ev.add(&ranked, None, &q.log_target.to_string(), QueryTags::default());
+            }
+            summary(name, &ev, n_items)
+        })
+        .collect()
 }
 
 fn summary(name: &str, ev: &Evaluator, n: usize) -> (String, f64, f64) {
