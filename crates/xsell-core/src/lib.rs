@@ -14,6 +14,7 @@ pub mod log;
 pub mod metrics;
 pub mod model;
 pub mod names;
+pub mod numpy_rng;
 pub mod protocol;
 
 pub use aggregate::Aggregates;

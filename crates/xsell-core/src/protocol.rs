@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::{ItemIx, OrderLog};
+use crate::{ItemIx, OrderLog, numpy_rng};
 
 /// Protocol settings, reported with every evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -98,8 +98,10 @@ pub fn draw_queries(log: &OrderLog, split: &Split, cfg: &ProtocolConfig) -> Vec<
             items.len() >= 2 && items.iter().all(|&i| in_train[i as usize])
         })
         .collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let targets: Vec<usize> = eligible.iter().map(|&o| rng.random_range(0..log.orders[o].items.len())).collect();
+    // NumPy's stream, so that a Python script drawing `basket[int(rng.random() * len(basket))]`
+    // over the same baskets (items in first-seen line order) gets the very same queries.
+    let mut rng = numpy_rng::default_rng(cfg.seed);
+    let targets: Vec<usize> = eligible.iter().map(|&o| numpy_rng::index(&mut rng, log.orders[o].items.len())).collect();
     let mut keep: Vec<usize> = if eligible.len() > cfg.max_queries {
         sample(&mut rng, eligible.len(), cfg.max_queries).into_vec()
     } else {

@@ -87,6 +87,23 @@ fn queries_are_eligible_deterministic_and_capped() {
     }
 }
 
+/// The targets a NumPy script draws over the same baskets (items in line order):
+/// `rng = np.random.default_rng(42); [b[int(rng.random() * len(b))] for b in baskets]`
+/// printed `['z', 'y', 'w', 'z']`.
+#[test]
+fn queries_are_the_ones_numpy_default_rng_draws() {
+    let test: [&[&str]; 4] = [&["x", "y", "z"], &["y", "x"], &["z", "x", "y", "w"], &["w", "z"]];
+    let ids: Vec<String> = (1..=40).map(|k| k.to_string()).collect();
+    let mut orders: Vec<TestOrder<'_>> = (0..36).map(|k| (ids[k].as_str(), None, &["x", "y", "z", "w"][..], None)).collect();
+    orders.extend(test.iter().enumerate().map(|(k, &items)| (ids[36 + k].as_str(), None, items, None)));
+    let log = log_of(&orders);
+    let split = time_split(&log, 0.1);
+    let q = draw_queries(&log, &split, &ProtocolConfig::default());
+    let got: Vec<(&str, Vec<&str>)> = q.iter().map(|q| (q.target.as_str(), q.basket.iter().map(String::as_str).collect())).collect();
+    let want = vec![("z", vec!["x", "y"]), ("y", vec!["x"]), ("w", vec!["z", "x", "y"]), ("z", vec!["w"])];
+    assert_eq!(got, want);
+}
+
 #[test]
 fn metrics_on_a_hand_example() {
     let mut ev = Evaluator::new();
