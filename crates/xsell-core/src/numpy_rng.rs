@@ -21,20 +21,23 @@ const MIX_MULT_L: u32 = 0xca01_f9dd;
 const MIX_MULT_R: u32 = 0x4973_f715;
 const XSHIFT: u32 = 16;
 
-/// NumPy's `SeedSequence(seed).generate_state(4, np.uint64)`.
-fn seed_sequence_state(seed: u64) -> [u64; 4] {
-    // The integer seed as little-endian 32-bit words (`0` is one zero word).
-    let mut entropy = vec![seed as u32];
-    if seed >> 32 != 0 {
-        entropy.push((seed >> 32) as u32);
-    }
-    let mut hash_const = INIT_A;
-    let mut hashmix = |value: u32| {
+/// `SeedSequence`'s multiplicative hash: each call folds in the next hash constant.
+fn hasher(init: u32, mult: u32) -> impl FnMut(u32) -> u32 {
+    let mut hash_const = init;
+    move |value| {
         let mut v = value ^ hash_const;
-        hash_const = hash_const.wrapping_mul(MULT_A);
+        hash_const = hash_const.wrapping_mul(mult);
         v = v.wrapping_mul(hash_const);
         v ^ (v >> XSHIFT)
-    };
+    }
+}
+
+/// NumPy's `SeedSequence(seed).generate_state(4, np.uint64)`.
+fn seed_sequence_state(seed: u64) -> [u64; 4] {
+    // The integer seed as little-endian 32-bit words. NumPy keeps only the nonzero high word,
+    // but pads the pool by hashing zeros, so a zero high word hashes the same.
+    let entropy = [seed as u32, (seed >> 32) as u32];
+    let mut hashmix = hasher(INIT_A, MULT_A);
     let mix = |x: u32, y: u32| {
         let r = MIX_MULT_L.wrapping_mul(x).wrapping_sub(MIX_MULT_R.wrapping_mul(y));
         r ^ (r >> XSHIFT)
@@ -50,16 +53,9 @@ fn seed_sequence_state(seed: u64) -> [u64; 4] {
             }
         }
     }
-    // At most two entropy words: never more than the pool holds, so nothing is left to mix in.
-    let mut hash_const = INIT_B;
-    let words: Vec<u32> = (0..2 * POOL_SIZE)
-        .map(|i| {
-            let mut v = pool[i % POOL_SIZE] ^ hash_const;
-            hash_const = hash_const.wrapping_mul(MULT_B);
-            v = v.wrapping_mul(hash_const);
-            v ^ (v >> XSHIFT)
-        })
-        .collect();
+    // Two entropy words never outnumber the pool, so nothing is left to mix in.
+    let mut output = hasher(INIT_B, MULT_B);
+    let words: Vec<u32> = (0..2 * POOL_SIZE).map(|i| output(pool[i % POOL_SIZE])).collect();
     std::array::from_fn(|k| u64::from(words[2 * k]) | (u64::from(words[2 * k + 1]) << 32))
 }
 
