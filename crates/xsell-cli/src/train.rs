@@ -154,9 +154,14 @@ pub fn print_summary(r: &xsell_train::TrainReport, read_secs: f64, total_secs: f
         }
     }
     if let Some(e) = &r.ease {
-        println!("EASE over the {} most-bought items, λ = {:.1} ({:.3} × mean item orders)", e.items, e.lambda, e.alpha);
+        print!("EASE over the {} most-bought items, λ = {:.1} ({:.3} × mean item orders)", e.items, e.lambda, e.alpha);
+        match e.pairs {
+            0 => println!(),
+            n => println!(", and their {n} most co-bought pairs (pair λ {:.3} × mean item orders)", e.pair_alpha),
+        }
         for t in &e.trials {
-            println!("  λ = {:>5} × mean: hit@10 {:.4}, mrr@20 {:.4} (validation, EASE alone)", t.alpha, t.hit10, t.mrr20);
+            let pairs = if t.pairs == 0 { String::new() } else { format!(", {} pairs at {} × mean", t.pairs, t.pair_alpha) };
+            println!("  λ = {:>5} × mean{pairs}: hit@10 {:.4}, mrr@20 {:.4} (validation, EASE alone)", t.alpha, t.hit10, t.mrr20);
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use ndarray::{Array2, Axis};
+use ndarray::{Array2, Axis, s};
 use rayon::prelude::*;
 
 use crate::{Csr, CustomerIx, ItemIx, OrderLog};
@@ -21,13 +21,16 @@ pub struct AggregateConfig {
     pub max_neighbours: usize,
     /// Build the full Gram matrix of this many most-bought items (0: none).
     pub gram_items: usize,
+    /// Also count this many most co-bought pairs of Gram items as extra Gram columns, for
+    /// higher-order EASE (0: none).
+    pub gram_pairs: usize,
     /// The newest share of the orders counted again as the recent period (trends).
     pub recent_fraction: f64,
 }
 
 impl Default for AggregateConfig {
     fn default() -> Self {
-        Self { max_neighbours: 200, gram_items: 0, recent_fraction: 0.1 }
+        Self { max_neighbours: 200, gram_items: 0, gram_pairs: 0, recent_fraction: 0.1 }
     }
 }
 
@@ -63,6 +66,12 @@ pub struct Aggregates {
     /// orders containing the item). Untruncated, unlike `pairs`; the trainer takes it out once
     /// EASE is fit (it is the largest table).
     pub gram: Array2<f32>,
+    /// The most co-bought pairs of Gram items, as Gram positions `(a, b)` with `a < b`, most
+    /// co-bought first (at most `gram_pairs`; only pairs bought together at least twice).
+    pub gram_pairs: Vec<(u32, u32)>,
+    /// The Gram rows of those pairs: `pair_gram[p, a]` = orders containing pair `p` and Gram
+    /// item `a`; `pair_gram[p, m + q]` = orders containing pairs `p` and `q` (`m` Gram items).
+    pub pair_gram: Array2<f32>,
 }
 
 impl Aggregates {
@@ -160,6 +169,7 @@ impl Aggregates {
                 }
             }
         });
+        let (gram_pairs, pair_gram) = pair_counts(log, orders, &by_item, &gram_items, &gram_pos, &gram, cfg.gram_pairs);
         let history = Csr::from_rows(hist.iter().map(|h| h.iter().map(|(&i, &(n, _))| (i, n)).collect::<Vec<_>>()));
         let since =
             Csr::from_rows(hist.iter().zip(&customer_orders).map(|(h, &n)| h.iter().map(|(&i, &(_, last))| (i, n - 1.0 - last)).collect()));
@@ -177,7 +187,15 @@ impl Aggregates {
             customer_returns,
             gram_items,
             gram,
+            gram_pairs,
+            pair_gram,
         }
+    }
+
+    /// The Gram of the items and the selected pairs together, `(m + P)` square (the pairs'
+    /// rows and columns after the items').
+    pub fn extended_gram(&self) -> Array2<f32> {
+        extend_gram(&self.gram, &self.pair_gram)
     }
 
     /// Returned lines per sold line of an item (capped at 1).
@@ -189,4 +207,90 @@ impl Aggregates {
     pub fn customer_return_rate(&self, c: CustomerIx) -> f32 {
         (self.customer_returns[c as usize] / self.customer_lines[c as usize].max(1.0)).min(1.0)
     }
+}
+
+/// `[[G, Cᵀ], [C, D]]` from the item Gram `G` (m × m) and the pair rows `[C | D]` (P × (m + P)).
+pub fn extend_gram(gram: &Array2<f32>, pair_gram: &Array2<f32>) -> Array2<f32> {
+    let m = gram.nrows();
+    let n = m + pair_gram.nrows();
+    let mut g = Array2::<f32>::zeros((n, n));
+    g.slice_mut(s![..m, ..m]).assign(gram);
+    if pair_gram.nrows() > 0 {
+        g.slice_mut(s![m.., ..]).assign(pair_gram);
+        g.slice_mut(s![..m, m..]).assign(&pair_gram.slice(s![.., ..m]).t());
+    }
+    g
+}
+
+/// Selects the `max_pairs` most co-bought pairs of Gram items (bought together at least twice;
+/// ties by position) and counts their Gram rows: per pair, the orders containing it and each
+/// Gram item, and each selected pair. A three- and four-way self-join on order, bounded by
+/// `max_pairs × (m + max_pairs)`.
+fn pair_counts(
+    log: &OrderLog,
+    orders: &[usize],
+    by_item: &[Vec<u32>],
+    gram_items: &[ItemIx],
+    gram_pos: &[u32],
+    gram: &Array2<f32>,
+    max_pairs: usize,
+) -> (Vec<(u32, u32)>, Array2<f32>) {
+    let m = gram_items.len();
+    if max_pairs == 0 || m < 2 {
+        return (Vec::new(), Array2::zeros((0, m)));
+    }
+    let mut pairs: Vec<(u32, u32, f32)> = (0..m)
+        .flat_map(|a| (a + 1..m).map(move |b| (a as u32, b as u32)))
+        .map(|(a, b)| (a, b, gram[[a as usize, b as usize]]))
+        .filter(|p| p.2 >= 2.0)
+        .collect();
+    let by_count = |x: &(u32, u32, f32), y: &(u32, u32, f32)| y.2.total_cmp(&x.2).then((x.0, x.1).cmp(&(y.0, y.1)));
+    if pairs.len() > max_pairs {
+        pairs.select_nth_unstable_by(max_pairs, by_count);
+        pairs.truncate(max_pairs);
+    }
+    pairs.sort_unstable_by(by_count);
+    let n_pairs = pairs.len();
+    // orders (positions in `orders`) holding each pair: the two items' order lists (ascending,
+    // an order's items are distinct) intersected
+    let pair_orders: Vec<Vec<u32>> = pairs
+        .par_iter()
+        .map(|&(a, b, _)| {
+            let (x, y) = (&by_item[gram_items[a as usize] as usize], &by_item[gram_items[b as usize] as usize]);
+            let (mut i, mut j, mut both) = (0, 0, Vec::new());
+            while i < x.len() && j < y.len() {
+                match x[i].cmp(&y[j]) {
+                    std::cmp::Ordering::Less => i += 1,
+                    std::cmp::Ordering::Greater => j += 1,
+                    std::cmp::Ordering::Equal => {
+                        both.push(x[i]);
+                        i += 1;
+                        j += 1;
+                    }
+                }
+            }
+            both
+        })
+        .collect();
+    let mut order_pairs: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (p, ks) in pair_orders.iter().enumerate() {
+        for &k in ks {
+            order_pairs.entry(k).or_default().push(p as u32);
+        }
+    }
+    let mut pair_gram = Array2::<f32>::zeros((n_pairs, m + n_pairs));
+    pair_gram.axis_iter_mut(Axis(0)).into_par_iter().zip(pair_orders.par_iter()).for_each(|(mut row, ks)| {
+        for &k in ks {
+            for &j in &log.orders[orders[k as usize]].items {
+                let a = gram_pos[j as usize];
+                if a != u32::MAX {
+                    row[a as usize] += 1.0;
+                }
+            }
+            for &q in &order_pairs[&k] {
+                row[m + q as usize] += 1.0;
+            }
+        }
+    });
+    (pairs.into_iter().map(|(a, b, _)| (a, b)).collect(), pair_gram)
 }

@@ -243,6 +243,23 @@ impl Default for Policy {
     }
 }
 
+/// Higher-order EASE terms: the weights a basket gets from holding *both* items of a pair, on
+/// top of the two items' own weights (what the pair predicts beyond its items).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairWeights {
+    /// The pairs, as item indices `(a, b)` with `a < b`.
+    pub pairs: Vec<(ItemIx, ItemIx)>,
+    /// `weights[p, j]`: added to item `j`'s EASE score when pair `p` is in the basket.
+    pub weights: Csr,
+}
+
+impl Default for PairWeights {
+    /// No pair.
+    fn default() -> Self {
+        PairWeights { pairs: Vec::new(), weights: Csr::from_rows(Vec::new()) }
+    }
+}
+
 /// Everything a model bundle stores.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelParts {
@@ -260,6 +277,8 @@ pub struct ModelParts {
     pub since: Csr,
     /// `ease[i, j]`: the EASE item-item weight (the strongest entries of each row).
     pub ease: Csr,
+    /// Higher-order EASE: weights that apply when both items of a pair are in the basket.
+    pub ease_pairs: PairWeights,
     /// Input ("context") item embeddings, items × dim.
     pub emb_in: Array2<f32>,
     /// Output ("target") item embeddings, items × dim.
@@ -419,6 +438,8 @@ pub struct CrossSellModel {
     category_index: HashMap<String, u32>,
     /// Per category: are two of its items bought together less often than chance?
     substitute_category: Vec<bool>,
+    /// Per item `a`: `(b, p)` for each EASE pair `p = (a, b)`.
+    pair_partners: Vec<Vec<(ItemIx, u32)>>,
     emb_in_unit: Array2<f32>,
     names: NameIndex,
 }
@@ -450,6 +471,15 @@ impl CrossSellModel {
             return inc("since and history must hold the same customer-item pairs".into());
         }
         parts.ease.validate(n, n).map_err(|e| Error::Inconsistent(format!("ease: {e}")))?;
+        let ep = &parts.ease_pairs;
+        ep.weights.validate(ep.pairs.len(), n).map_err(|e| Error::Inconsistent(format!("ease pair weights: {e}")))?;
+        let mut pair_partners = vec![Vec::new(); n];
+        for (q, &(a, b)) in ep.pairs.iter().enumerate() {
+            if a >= b || b as usize >= n {
+                return inc(format!("ease pair {q} is ({a}, {b}): expected two item indices a < b < {n}"));
+            }
+            pair_partners[a as usize].push((b, q as u32));
+        }
         if parts.emb_in.nrows() != n || parts.emb_out.dim() != parts.emb_in.dim() {
             return inc(format!("embeddings have shape {:?}/{:?}, expected {n} rows", parts.emb_in.dim(), parts.emb_out.dim()));
         }
@@ -482,7 +512,17 @@ impl CrossSellModel {
         }
         let substitute_category = substitute_categories(&parts, &category_of, category_index.len());
         let names = NameIndex::new(&parts.items.names);
-        Ok(CrossSellModel { parts, item_index, customer_index, category_of, category_index, substitute_category, emb_in_unit, names })
+        Ok(CrossSellModel {
+            parts,
+            item_index,
+            customer_index,
+            category_of,
+            category_index,
+            substitute_category,
+            pair_partners,
+            emb_in_unit,
+            names,
+        })
     }
 
     /// The stored parts.
@@ -538,6 +578,7 @@ impl CrossSellModel {
                     x[[j as usize, EASE]] += b;
                 }
             }
+            self.add_pair_weights(basket, x.column_mut(EASE));
             let (name_basket, name_max) = self.names.features(basket, n);
             x.column_mut(NAME_BASKET).assign(&ArrayView1::from(&name_basket));
             x.column_mut(NAME_MAX).assign(&ArrayView1::from(&name_max));
@@ -565,6 +606,28 @@ impl CrossSellModel {
             }
         }
         x
+    }
+
+    /// Adds the weights of every EASE pair held whole by `basket` to `ease`.
+    fn add_pair_weights(&self, basket: &[ItemIx], mut ease: ndarray::ArrayViewMut1<'_, f32>) {
+        let pw = &self.parts.ease_pairs;
+        if pw.pairs.is_empty() || basket.len() < 2 {
+            return;
+        }
+        let mut held = vec![false; self.n_items()];
+        for &i in basket {
+            held[i as usize] = true;
+        }
+        for &a in basket {
+            for &(b, q) in &self.pair_partners[a as usize] {
+                if held[b as usize] {
+                    let (cols, vals) = pw.weights.row(q as usize);
+                    for (&j, &w) in cols.iter().zip(vals) {
+                        ease[j as usize] += w;
+                    }
+                }
+            }
+        }
     }
 
     /// Scores of every item for a customer and basket.

@@ -1,7 +1,7 @@
 use ndarray::Array2;
 
 use crate::metrics::{Evaluator, QueryTags};
-use crate::model::{CustomerTable, ItemTable, ModelParts, N_FEATURES, Policy, Ranker};
+use crate::model::{CustomerTable, ItemTable, ModelParts, N_FEATURES, PairWeights, Policy, Ranker};
 use crate::protocol::{ProtocolConfig, draw_queries, time_split};
 use crate::*;
 use crate::{aggregate, names};
@@ -145,6 +145,7 @@ fn tiny_model() -> CrossSellModel {
         since: Csr::from_rows([vec![(3, 0.0)], vec![(1, 2.0)]]),
         history,
         ease: Csr::from_rows(vec![Vec::new(); 4]),
+        ease_pairs: Default::default(),
         emb_in: Array2::from_shape_fn((4, 2), |(i, d)| (i + d) as f32 * 0.1),
         emb_out: Array2::from_shape_fn((4, 2), |(i, d)| (i * d) as f32 * 0.1),
         n_orders: 100.0,
@@ -189,6 +190,26 @@ fn ranking_offers_complements_not_basket_items_nor_substitutes() {
 }
 
 #[test]
+fn ease_pair_weights_count_only_when_the_whole_pair_is_in_the_basket() {
+    let mut parts = tiny_model().parts().clone();
+    parts.ease = Csr::from_rows([vec![(3, 0.5)], vec![(3, 0.25)], vec![], vec![]]);
+    parts.ease_pairs = PairWeights { pairs: vec![(0, 1)], weights: Csr::from_rows([vec![(2, 0.125), (3, 1.0)]]) };
+    let m = CrossSellModel::new(parts.clone()).unwrap();
+    let ease = |basket: &[ItemIx]| m.features(None, basket).column(model::feature::EASE).to_vec();
+    assert_eq!(ease(&[0]), [0.0, 0.0, 0.0, 0.5]);
+    assert_eq!(ease(&[1, 2]), [0.0, 0.0, 0.0, 0.25]);
+    assert_eq!(ease(&[1, 0]), [0.0, 0.0, 0.125, 1.75], "both items of the pair: its weights join theirs");
+    for bad in [vec![(1, 0)], vec![(0, 4)], vec![(2, 2)]] {
+        let mut p = parts.clone();
+        p.ease_pairs.pairs = bad;
+        assert!(matches!(CrossSellModel::new(p), Err(Error::Inconsistent(_))));
+    }
+    let mut p = parts;
+    p.ease_pairs.pairs.push((2, 3));
+    assert!(matches!(CrossSellModel::new(p), Err(Error::Inconsistent(_))), "a pair without its weight row");
+}
+
+#[test]
 fn ranking_applies_filters_thresholds_and_cold_start() {
     let m = tiny_model();
     let r = m.rank(&RankQuery { allow: vec!["cable".into()], ..q(&["cam1"], 3) }).unwrap();
@@ -223,6 +244,37 @@ fn inconsistent_parts_are_refused() {
     let mut parts = tiny_model().parts().clone();
     parts.pairs.indices[0] = 99;
     assert!(matches!(CrossSellModel::new(parts), Err(Error::Inconsistent(_))));
+}
+
+#[test]
+fn aggregates_count_the_gram_of_items_and_their_most_co_bought_pairs() {
+    // 5 items over 8 orders; the pair counts must equal the Gram of [X | pair columns]
+    let baskets: [&[&str]; 8] =
+        [&["a", "b", "c"], &["a", "b"], &["a", "b", "d"], &["c", "d"], &["c", "d", "a"], &["a", "c"], &["e"], &["a", "b", "c", "d"]];
+    let mut b = LogBuilder::new();
+    for (o, items) in baskets.iter().enumerate() {
+        for it in *items {
+            b.push(line(&o.to_string(), None, it, 1, Some(o as i64), false));
+        }
+    }
+    let log = b.finish().unwrap();
+    let all: Vec<usize> = (0..log.orders.len()).collect();
+    let cfg = aggregate::AggregateConfig { gram_items: 4, gram_pairs: 3, ..Default::default() };
+    let agg = Aggregates::compute(&log, &all, None, &cfg);
+    let names: Vec<&str> = agg.gram_items.iter().map(|&i| log.catalog.ids[i as usize].as_str()).collect();
+    assert_eq!(names, ["a", "c", "b", "d"], "most bought first, ties by index");
+    // co-bought: a-b 4, a-c 4, c-d 3, a-d 3, b-c 2, b-d 2: the top 3 (ties by position)
+    assert_eq!(agg.gram_pairs, [(0, 1), (0, 2), (0, 3)]);
+    let x = ndarray::Array2::from_shape_fn((baskets.len(), 4), |(o, a)| f32::from(u8::from(baskets[o].contains(&names[a]))));
+    let z = ndarray::Array2::from_shape_fn((baskets.len(), 3), |(o, q)| {
+        let (a, c) = agg.gram_pairs[q];
+        x[[o, a as usize]] * x[[o, c as usize]]
+    });
+    let y = ndarray::concatenate![ndarray::Axis(1), x, z];
+    assert_eq!(agg.extended_gram(), y.t().dot(&y));
+    // pairs bought together once are never selected
+    let few = Aggregates::compute(&log, &all[..1], None, &cfg);
+    assert!(few.gram_pairs.is_empty() && few.pair_gram.nrows() == 0);
 }
 
 #[test]

@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use ndarray::Array2;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
-use xsell_core::model::{ModelParts, Policy, Ranker};
+use xsell_core::model::{ModelParts, PairWeights, Policy, Ranker};
 use xsell_core::{CrossSellModel, Csr};
 use xsell_data::tables;
 
 use crate::{BundleError, Result};
 
 /// The bundle format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 const MANIFEST: &str = "manifest.json";
 const TENSORS: &str = "tensors.safetensors";
@@ -171,7 +171,17 @@ fn write_tensors(path: &Path, parts: &ModelParts) -> Result<()> {
     let emb_out = f32_bytes(&parts.emb_out.iter().copied().collect::<Vec<_>>());
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> =
         vec![("emb_in".into(), Dtype::F32, vec![n, d], emb_in), ("emb_out".into(), Dtype::F32, vec![n, d], emb_out)];
-    for (name, csr) in [("pairs", &parts.pairs), ("history", &parts.history), ("since", &parts.since), ("ease", &parts.ease)] {
+    let ep = &parts.ease_pairs;
+    let pair_items: Vec<u32> = ep.pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
+    owned.push(("ease_pairs".into(), Dtype::U32, vec![ep.pairs.len(), 2], u32_bytes(&pair_items)));
+    let csrs = [
+        ("pairs", &parts.pairs),
+        ("history", &parts.history),
+        ("since", &parts.since),
+        ("ease", &parts.ease),
+        ("ease_pair_weights", &ep.weights),
+    ];
+    for (name, csr) in csrs {
         owned.push((format!("{name}.indptr"), Dtype::U32, vec![csr.indptr.len()], u32_bytes(&csr.indptr)));
         owned.push((format!("{name}.indices"), Dtype::U32, vec![csr.indices.len()], u32_bytes(&csr.indices)));
         owned.push((format!("{name}.values"), Dtype::F32, vec![csr.values.len()], f32_bytes(&csr.values)));
@@ -224,7 +234,15 @@ pub fn load(path: &Path) -> Result<Bundle> {
         Ok((t.shape().to_vec(), t.data().chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()))
     };
     let f32s = |name: &str| get(name, Dtype::F32).map(|(s, v)| (s, v.into_iter().map(f32::from_le_bytes).collect::<Vec<_>>()));
-    let u32s = |name: &str| get(name, Dtype::U32).map(|(_, v)| v.into_iter().map(u32::from_le_bytes).collect::<Vec<_>>());
+    let u32s_shaped = |name: &str| get(name, Dtype::U32).map(|(s, v)| (s, v.into_iter().map(u32::from_le_bytes).collect::<Vec<_>>()));
+    let u32s = |name: &str| u32s_shaped(name).map(|(_, v)| v);
+    let ease_pairs = || -> Result<Vec<(u32, u32)>> {
+        let (shape, v) = u32s_shaped("ease_pairs")?;
+        match shape[..] {
+            [_, 2] => Ok(v.chunks_exact(2).map(|c| (c[0], c[1])).collect()),
+            _ => Err(bad(format!("tensor 'ease_pairs' has shape {shape:?}, expected [pairs, 2]"))),
+        }
+    };
     let matrix = |name: &str| -> Result<Array2<f32>> {
         let (shape, v) = f32s(name)?;
         match shape[..] {
@@ -261,6 +279,7 @@ pub fn load(path: &Path) -> Result<Bundle> {
         history: csr("history")?,
         since: csr("since")?,
         ease: csr("ease")?,
+        ease_pairs: PairWeights { pairs: ease_pairs()?, weights: csr("ease_pair_weights")? },
         emb_in: matrix("emb_in")?,
         emb_out: matrix("emb_out")?,
         n_orders: manifest.n_orders,

@@ -31,6 +31,10 @@ pub struct TrainConfig {
     /// EASE regularization; 0 chooses it on the validation queries from
     /// [`crate::ease::LAMBDA_GRID`].
     pub ease_lambda: f64,
+    /// Higher-order EASE: at most this many most co-bought item pairs become extra inputs;
+    /// validation tries a quarter of them and all of them, and keeps pairs only when they rank
+    /// better than plain EASE (0: plain EASE; so does a fixed `ease_lambda`).
+    pub ease_pairs: usize,
     /// Share of the newest orders counted again as the recent period (the trend feature).
     pub recent_fraction: f64,
     /// Share of the newest training orders used to fit and calibrate the ranker.
@@ -68,6 +72,7 @@ impl Default for TrainConfig {
             ease_items: 5000,
             ease_lambda: 0.0,
             ease_search_items: 2000,
+            ease_pairs: 512,
             recent_fraction: 0.1,
             validation_fraction: 0.1,
             ranker_queries: 6000,
@@ -106,6 +111,9 @@ impl TrainConfig {
         }
         if self.ease_items > 20_000 {
             return bad("ease_items", "must be at most 20000 (the EASE inverse is dense: items² memory, items³ time)");
+        }
+        if self.ease_pairs > 5000 {
+            return bad("ease_pairs", "must be at most 5000 (pairs join the dense EASE inverse)");
         }
         if self.ease_search_items == 0 {
             return bad("ease_search_items", "must be at least 1");

@@ -1,37 +1,54 @@
-//! EASE (Steck, 2019): a closed-form item-item regression.
+//! EASE (Steck, 2019) and its higher-order form (Steck & Liang, 2021): closed-form item-item
+//! regression.
 //!
-//! `B = I − P · diag(1 / diag(P))` with `P = (G + λI)⁻¹`, where `G` is the item-item Gram
-//! matrix (orders containing both items; the diagonal is the item's order count). `B[i, j]` is
-//! how much having `i` in a basket predicts `j`, with the other basket items explained away,
-//! which is what separates it from raw co-occurrence.
+//! Plain EASE: `B = I − P · diag(1 / diag(P))` with `P = (G + λI)⁻¹`, where `G` is the
+//! item-item Gram matrix (orders containing both items; the diagonal is the item's order
+//! count). `B[i, j]` is how much having `i` in a basket predicts `j`, with the other basket
+//! items explained away, which is what separates it from raw co-occurrence.
 //!
-//! The inverse is dense and cubic, so it covers only the `ease_items` most-bought items (the
-//! aggregate pass builds their Gram, [`xsell_core::aggregate::Aggregates::gram`]); the served
-//! model keeps the strongest entries of each row ([`sparsify`]). The inversion is a blocked
-//! Gauss-Jordan sweep whose work is all matrix products (ndarray's `general_mat_mul`), split
-//! over the rayon pool by rows.
+//! Higher-order EASE adds the most co-bought item *pairs* as extra inputs ("both `a` and `b`
+//! are in the basket"), so a pair can predict what neither item predicts alone. Each target
+//! `j` is its own ridge regression over the items and pairs, with `j` itself and every pair
+//! containing `j` held at zero. With `P = (G + Λ)⁻¹` over the extended Gram, the unconstrained
+//! solution is `w* = e_j − λ P[:, j]`, and the constraints on the rows `S` cost one small solve:
+//! `w = w* − P[:, S] · P[S, S]⁻¹ · w*[S]` (for `S = {j}` this is plain EASE's column).
+//!
+//! The inverse is dense and cubic, so it covers only the `ease_items` most-bought items and
+//! at most `ease_pairs` pairs (the aggregate pass counts their Gram,
+//! [`xsell_core::aggregate::Aggregates::extended_gram`]); the served model keeps the strongest
+//! entries of each row ([`fit_sparse`]). The inversion is a blocked Gauss-Jordan sweep whose
+//! work is all matrix products (ndarray's `general_mat_mul`), split over the rayon pool by rows.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, Axis, s};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use xsell_core::metrics::{Evaluator, QueryTags};
+use xsell_core::model::PairWeights;
 use xsell_core::{Csr, ItemIx, top_k};
 
+use crate::ranking::{clearly_better, outcome};
 use crate::{Result, TrainError};
 
-/// Candidate regularizations, as multiples of the mean Gram diagonal (the mean order count of
-/// the covered items): the best one on the validation queries is kept.
+/// Candidate item regularizations, as multiples of the mean item Gram diagonal (the mean
+/// order count of the covered items): the best one on the validation queries is kept.
 pub const LAMBDA_GRID: [f64; 5] = [0.1, 0.3, 1.0, 3.0, 10.0];
 
-/// EASE weights over the covered items.
+/// Candidate pair regularizations, in the same unit as [`LAMBDA_GRID`].
+pub const PAIR_LAMBDA_GRID: [f64; 4] = [10.0, 3.0, 1.0, 0.3];
+
+/// EASE weights over the covered items and pairs.
 #[derive(Debug, Clone)]
 pub struct Ease {
-    /// The regularization used, as a multiple of the mean Gram diagonal.
+    /// The item regularization used, as a multiple of the mean item Gram diagonal.
     pub alpha: f64,
-    /// The regularization used.
+    /// The item regularization used.
     pub lambda: f64,
-    /// `b[a, b]` between the covered items `a` and `b` (zero diagonal).
+    /// The pair regularization used, as a multiple of the mean item Gram diagonal.
+    pub pair_alpha: f64,
+    /// The pairs, as covered-item positions `(a, b)`, `a < b`.
+    pub pairs: Vec<(u32, u32)>,
+    /// `b[r, c]`: the weight of input `r` (a covered item, or pair `r − m`) for the covered
+    /// item `c` (zero where `r` is `c` or a pair holding `c`).
     pub b: Array2<f32>,
 }
 
@@ -39,109 +56,316 @@ pub struct Ease {
 /// position (`None` when the target is not covered).
 pub type PosQuery = (Vec<usize>, Option<usize>);
 
-/// How one λ did on the validation queries.
+/// How one regularization did on the validation queries.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct LambdaTrial {
-    /// λ as a multiple of the mean Gram diagonal.
+    /// λ as a multiple of the mean item Gram diagonal.
     pub alpha: f64,
     /// λ.
     pub lambda: f64,
+    /// Pairs used (0: plain EASE).
+    #[serde(default)]
+    pub pairs: usize,
+    /// The pairs' λ as a multiple of the mean item Gram diagonal.
+    #[serde(default)]
+    pub pair_alpha: f64,
     /// hit@10.
     pub hit10: f64,
     /// mrr@20.
     pub mrr20: f64,
 }
 
-/// `(G + λI)⁻¹` with λ = `alpha` × [`diagonal_scale`], and λ.
-fn regularized_inverse(gram: &Array2<f32>, alpha: f64) -> Result<(Array2<f64>, f64)> {
-    let lambda = alpha * diagonal_scale(gram);
-    let mut p = gram.mapv(f64::from);
-    p.diag_mut().mapv_inplace(|v| v + lambda);
-    spd_inverse(&mut p)?;
-    Ok((p, lambda))
+/// What validation chose.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    /// Item λ as a multiple of the whole Gram's mean item diagonal.
+    pub alpha: f64,
+    /// Pairs to use (the most co-bought first).
+    pub pairs: usize,
+    /// Pair λ, in the unit of `alpha`.
+    pub pair_alpha: f64,
+    /// Every candidate tried.
+    pub trials: Vec<LambdaTrial>,
 }
 
-/// `B[a, c] = −P[a, c] / P[c, c]` off the diagonal, 0 on it.
-fn weight(p: &Array2<f64>, a: usize, c: usize) -> f32 {
-    if a == c { 0.0 } else { (-p[[a, c]] / p[[c, c]]) as f32 }
+/// The regularized inverse of an extended Gram and, per target item, its constrained rows
+/// `S` and the Lagrange terms `P[S, S]⁻¹ · w*[S]`.
+struct Solved {
+    p: Array2<f64>,
+    lambda: f64,
+    cols: Vec<(Vec<usize>, Vec<f64>)>,
 }
 
-/// Fits EASE on a Gram matrix with regularization λ = `alpha` × [`diagonal_scale`].
-pub fn fit(gram: &Array2<f32>, alpha: f64) -> Result<Ease> {
-    let (p, lambda) = regularized_inverse(gram, alpha)?;
-    let b = Array2::from_shape_fn(p.dim(), |(a, c)| weight(&p, a, c));
-    Ok(Ease { alpha, lambda, b })
-}
+impl Solved {
+    /// `(G + Λ)⁻¹` of an extended Gram (`m` items, then `pairs`), λ on the items' diagonal
+    /// and `pair_lambda` on the pairs'.
+    fn new(gram: &Array2<f32>, m: usize, pairs: &[(u32, u32)], lambda: f64, pair_lambda: f64) -> Result<Self> {
+        if gram.nrows() != m + pairs.len() {
+            return Err(TrainError::Tensor(format!("a Gram of {} rows for {m} items and {} pairs", gram.nrows(), pairs.len())));
+        }
+        let mut p = gram.mapv(f64::from);
+        for (k, d) in p.diag_mut().iter_mut().enumerate() {
+            *d += if k < m { lambda } else { pair_lambda };
+        }
+        spd_inverse(&mut p)?;
+        Self::with_inverse(p, m, pairs, lambda)
+    }
 
-/// Mean of the Gram diagonal: the scale the λ grid is relative to.
-pub fn diagonal_scale(gram: &Array2<f32>) -> f64 {
-    let m = gram.nrows().max(1) as f64;
-    (gram.diag().iter().map(|&v| f64::from(v)).sum::<f64>() / m).max(1.0)
-}
+    /// Like [`Solved::new`], from the items' regularized inverse `ai` = `(G_items + λI)⁻¹` and
+    /// the pairs' Gram rows `[C | D]`, by the Schur complement `S = D + λ_p I − C · ai · Cᵀ`:
+    /// `P = [[ai + K S⁻¹ Kᵀ, −K S⁻¹], [−S⁻¹ Kᵀ, S⁻¹]]` with `K = ai · Cᵀ` (given, it depends
+    /// only on the pairs). A new pair λ then costs matrix products, not a new inverse.
+    fn bordered(
+        ai: &Array2<f64>,
+        k: &Array2<f64>,
+        pair_gram: &Array2<f32>,
+        pairs: &[(u32, u32)],
+        lambda: f64,
+        pair_lambda: f64,
+    ) -> Result<Self> {
+        let (m, n_pairs) = (ai.nrows(), pairs.len());
+        let c = pair_gram.slice(s![.., ..m]).mapv(f64::from);
+        let mut schur = pair_gram.slice(s![.., m..]).mapv(f64::from);
+        schur.diag_mut().mapv_inplace(|v| v + pair_lambda);
+        general_mat_mul(-1.0, &c, k, 1.0, &mut schur);
+        spd_inverse(&mut schur)?;
+        let k_si = k.dot(&schur);
+        let mut p = Array2::<f64>::zeros((m + n_pairs, m + n_pairs));
+        p.slice_mut(s![..m, ..m]).assign(ai);
+        general_mat_mul(1.0, &k_si, &k.t(), 1.0, &mut p.slice_mut(s![..m, ..m]));
+        p.slice_mut(s![..m, m..]).assign(&(-&k_si));
+        p.slice_mut(s![m.., ..m]).assign(&(-&k_si.t()));
+        p.slice_mut(s![m.., m..]).assign(&schur);
+        Self::with_inverse(p, m, pairs, lambda)
+    }
 
-/// Chooses λ: fits EASE at each λ of `grid` (multiples of [`diagonal_scale`]) on the Gram of
-/// the `search_items` most-bought items (the leading block: the cubic cost stays bounded) and
-/// keeps the best hit@10 + mrr@20 on `queries` (ties: the larger λ). Returns the chosen λ as a
-/// multiple of the *whole* Gram's diagonal scale, and the trials.
-pub fn choose(gram: &Array2<f32>, grid: &[f64], queries: &[PosQuery], search_items: usize) -> Result<(f64, Vec<LambdaTrial>)> {
-    let m = gram.nrows().min(search_items.max(1));
-    let sub = gram.slice(s![..m, ..m]).to_owned();
-    let sub_queries: Vec<PosQuery> =
-        queries.iter().map(|(basket, target)| (basket.iter().copied().filter(|&a| a < m).collect(), target.filter(|&t| t < m))).collect();
-    let mut best: Option<(f64, f64)> = None;
-    let mut trials = Vec::new();
-    for &alpha in grid {
-        let ease = fit(&sub, alpha)?;
-        let (hit10, mrr20) = judge(&ease, &sub_queries);
-        trials.push(LambdaTrial { alpha, lambda: ease.lambda, hit10, mrr20 });
-        if best.is_none_or(|(score, _)| hit10 + mrr20 >= score) {
-            best = Some((hit10 + mrr20, ease.lambda));
+    /// The constrained columns over an extended inverse `p` (`m` items, then `pairs`).
+    fn with_inverse(p: Array2<f64>, m: usize, pairs: &[(u32, u32)], lambda: f64) -> Result<Self> {
+        let mut constrained: Vec<Vec<usize>> = (0..m).map(|j| vec![j]).collect();
+        for (q, &(a, b)) in pairs.iter().enumerate() {
+            constrained[a as usize].push(m + q);
+            constrained[b as usize].push(m + q);
+        }
+        let cols = constrained
+            .into_par_iter()
+            .enumerate()
+            .map(|(j, rows)| {
+                let u = Array1::from_iter(rows.iter().map(|&r| f64::from(u8::from(r == j)) - lambda * p[[r, j]]));
+                let mut pss = Array2::from_shape_fn((rows.len(), rows.len()), |(x, y)| p[[rows[x], rows[y]]]);
+                small_inverse(&mut pss)?;
+                Ok((rows, pss.dot(&u).to_vec()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Solved { p, lambda, cols })
+    }
+
+    /// The dense weights.
+    fn ease(&self, m: usize, pairs: &[(u32, u32)], alpha: f64, pair_alpha: f64) -> Ease {
+        let b = Array2::from_shape_fn((self.p.nrows(), m), |(r, c)| self.weight(r, c));
+        Ease { alpha, lambda: self.lambda, pair_alpha, pairs: pairs.to_vec(), b }
+    }
+
+    /// The weight of input `r` for target item `j`.
+    fn weight(&self, r: usize, j: usize) -> f32 {
+        let (rows, v) = &self.cols[j];
+        if rows.contains(&r) {
+            0.0
+        } else if rows.len() == 1 {
+            (-self.p[[r, j]] / self.p[[j, j]]) as f32
+        } else {
+            let w = rows.iter().zip(v).fold(-self.lambda * self.p[[r, j]], |w, (&k, &vk)| w - self.p[[r, k]] * vk);
+            w as f32
         }
     }
-    let (_, lambda) = best.ok_or_else(|| TrainError::Config { name: "ease_lambda", reason: "the λ grid is empty".into() })?;
-    // the absolute λ carries over to the whole Gram
-    Ok((lambda / diagonal_scale(gram), trials))
 }
 
-/// hit@10 and mrr@20 of EASE alone on `queries`.
-pub fn judge(ease: &Ease, queries: &[PosQuery]) -> (f64, f64) {
-    let m = ease.b.nrows();
-    let ranked: Vec<Vec<String>> = queries
+/// Fits EASE on an extended Gram (`m` items, then `pairs`) with item λ = `alpha` × and pair
+/// λ = `pair_alpha` × [`diagonal_scale`].
+pub fn fit(gram: &Array2<f32>, m: usize, pairs: &[(u32, u32)], alpha: f64, pair_alpha: f64) -> Result<Ease> {
+    let scale = diagonal_scale(gram, m);
+    let solved = Solved::new(gram, m, pairs, alpha * scale, pair_alpha * scale)?;
+    Ok(solved.ease(m, pairs, alpha, pair_alpha))
+}
+
+/// Mean of the first `m` (the items') entries of the Gram diagonal: the unit of the λ grids.
+pub fn diagonal_scale(gram: &Array2<f32>, m: usize) -> f64 {
+    let m = m.min(gram.nrows());
+    (gram.diag().iter().take(m).map(|&v| f64::from(v)).sum::<f64>() / m.max(1) as f64).max(1.0)
+}
+
+/// The leading `rows` items and the chosen pairs `pair_rows` (indices into the pairs) of an
+/// extended Gram with `m` items.
+fn sub_gram(gram: &Array2<f32>, m: usize, rows: usize, pair_rows: &[usize]) -> Array2<f32> {
+    let idx: Vec<usize> = (0..rows).chain(pair_rows.iter().map(|&q| m + q)).collect();
+    gram.select(Axis(0), &idx).select(Axis(1), &idx)
+}
+
+/// Chooses the regularization on the leading `search_items` block of an extended Gram (`m`
+/// items, then `pairs`, most co-bought first), so the cubic cost stays bounded. First the item
+/// λ of [`LAMBDA_GRID`] with the best hit@10 + mrr@20 on `queries` for plain EASE (ties: the
+/// larger λ). Then, with that λ, pairs within the block, simplest first (each count of
+/// `pair_counts`, each λ of [`PAIR_LAMBDA_GRID`] from the strongest): like the ranker's
+/// contenders, one replaces the kept fit only when it beats it by more than a standard error
+/// of the per-query difference. λs come back as multiples of the *whole* Gram's diagonal scale.
+pub fn choose(
+    gram: &Array2<f32>,
+    m: usize,
+    pairs: &[(u32, u32)],
+    queries: &[PosQuery],
+    search_items: usize,
+    pair_counts: &[usize],
+) -> Result<Choice> {
+    let ms = m.min(search_items.max(1));
+    let sub_queries: Vec<PosQuery> =
+        queries.iter().map(|(basket, target)| (basket.iter().copied().filter(|&a| a < ms).collect(), target.filter(|&t| t < ms))).collect();
+    let items = sub_gram(gram, m, ms, &[]);
+    let sub_scale = diagonal_scale(&items, ms);
+    let mut trials = Vec::new();
+    let mut judged = |ease: Ease| {
+        let j = judge(&ease, &sub_queries);
+        let pair_alpha = if ease.pairs.is_empty() { 0.0 } else { ease.pair_alpha };
+        trials.push(LambdaTrial {
+            alpha: ease.alpha,
+            lambda: ease.lambda,
+            pairs: ease.pairs.len(),
+            pair_alpha,
+            hit10: j.hit10,
+            mrr20: j.mrr20,
+        });
+        (ease, j)
+    };
+    let mut kept: Option<(Ease, Judgement)> = None;
+    for &alpha in &LAMBDA_GRID {
+        let (ease, j) = judged(fit(&items, ms, &[], alpha, 0.0)?);
+        if kept.as_ref().is_none_or(|(_, k)| j.score() >= k.score()) {
+            kept = Some((ease, j));
+        }
+    }
+    let (mut kept, mut kept_judgement) =
+        kept.ok_or_else(|| TrainError::Config { name: "ease_lambda", reason: "the λ grid is empty".into() })?;
+    let alpha = kept.alpha;
+    let in_block: Vec<usize> = (0..pairs.len()).filter(|&q| (pairs[q].1 as usize) < ms).collect();
+    let mut counts: Vec<usize> = pair_counts.iter().map(|&c| c.min(in_block.len())).filter(|&c| c > 0).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    // the chosen items' inverse, bordered by each pair set (see `Solved::bordered`)
+    let mut ai = items.mapv(f64::from);
+    ai.diag_mut().mapv_inplace(|v| v + kept.lambda);
+    spd_inverse(&mut ai)?;
+    for c in counts {
+        let pair_gram = sub_gram(gram, m, ms, &in_block[..c]).slice(s![ms.., ..]).to_owned();
+        let k = ai.dot(&pair_gram.slice(s![.., ..ms]).mapv(f64::from).t());
+        let sub_pairs: Vec<(u32, u32)> = in_block[..c].iter().map(|&q| pairs[q]).collect();
+        for &pair_alpha in &PAIR_LAMBDA_GRID {
+            let solved = Solved::bordered(&ai, &k, &pair_gram, &sub_pairs, kept.lambda, pair_alpha * sub_scale)?;
+            let (ease, j) = judged(solved.ease(ms, &sub_pairs, alpha, pair_alpha));
+            if clearly_better(&j.outcome, &kept_judgement.outcome) {
+                (kept, kept_judgement) = (ease, j);
+            }
+        }
+    }
+    // absolute λs carry over to the whole Gram
+    let whole = diagonal_scale(gram, m);
+    let pair_alpha = kept.pair_alpha * sub_scale / whole;
+    Ok(Choice { alpha: kept.lambda / whole, pairs: kept.pairs.len(), pair_alpha, trials })
+}
+
+/// `partners[a]` = `(b, q)` for each pair `q = (a, b)`.
+fn pair_partners(pairs: &[(u32, u32)], m: usize) -> Vec<Vec<(usize, usize)>> {
+    let mut partners = vec![Vec::new(); m];
+    for (q, &(a, b)) in pairs.iter().enumerate() {
+        partners[a as usize].push((b as usize, q));
+    }
+    partners
+}
+
+/// EASE alone on validation queries.
+#[derive(Debug, Clone)]
+pub struct Judgement {
+    /// hit@10.
+    pub hit10: f64,
+    /// mrr@20.
+    pub mrr20: f64,
+    /// Per query: hit@10 + reciprocal rank within the top 20.
+    pub outcome: Vec<f64>,
+}
+
+impl Judgement {
+    /// hit@10 + mrr@20.
+    fn score(&self) -> f64 {
+        self.hit10 + self.mrr20
+    }
+}
+
+/// How EASE alone ranks the targets of `queries`.
+pub fn judge(ease: &Ease, queries: &[PosQuery]) -> Judgement {
+    let m = ease.b.ncols();
+    let partners = pair_partners(&ease.pairs, m);
+    let positions: Vec<Option<usize>> = queries
         .par_iter()
-        .map(|(basket, _)| {
+        .map(|(basket, target)| {
             let mut score = Array1::<f32>::zeros(m);
             for &a in basket {
                 score += &ease.b.row(a);
+                for &(b, q) in &partners[a] {
+                    if basket.contains(&b) {
+                        score += &ease.b.row(m + q);
+                    }
+                }
             }
-            top_k(m, 20, |c| score[c], |c| !basket.contains(&c)).iter().map(|c| c.to_string()).collect()
+            let top = top_k(m, 20, |c| score[c], |c| !basket.contains(&c));
+            target.and_then(|t| top.iter().position(|&c| c == t))
         })
         .collect();
-    let mut ev = Evaluator::new();
-    for (r, (_, target)) in ranked.iter().zip(queries) {
-        let t = target.map_or_else(|| "-".to_string(), |t| t.to_string());
-        ev.add(r, None, &t, QueryTags::default());
+    let n = queries.len().max(1) as f64;
+    let hit10 = positions.iter().filter(|p| p.is_some_and(|r| r < 10)).count() as f64 / n;
+    let mrr20 = positions.iter().map(|p| p.map_or(0.0, |r| 1.0 / (r + 1) as f64)).sum::<f64>() / n;
+    Judgement { hit10, mrr20, outcome: positions.into_iter().map(outcome).collect() }
+}
+
+/// Sparse EASE weights in a model's item space, as [`fit_sparse`] returns them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SparseEase {
+    /// `items[i, j]`, the strongest `keep` of each covered row.
+    pub items: Csr,
+    /// The pairs in item space, with the strongest `keep` weights of each.
+    pub pairs: PairWeights,
+    /// The item λ.
+    pub lambda: f64,
+}
+
+/// Fits EASE like [`fit`] and keeps the strongest `keep` weights (by magnitude) of each row,
+/// computed straight from the inverse (the dense weight matrix is never built), in the item
+/// space of a model with `n_items` items (`items[a]` is the item of covered position `a`).
+pub fn fit_sparse(
+    gram: &Array2<f32>,
+    pairs: &[(u32, u32)],
+    alpha: f64,
+    pair_alpha: f64,
+    items: &[ItemIx],
+    n_items: usize,
+    keep: usize,
+) -> Result<SparseEase> {
+    let m = items.len();
+    let scale = diagonal_scale(gram, m);
+    let solved = Solved::new(gram, m, pairs, alpha * scale, pair_alpha * scale)?;
+    let mut rows = strongest(m + pairs.len(), m, |r, c| solved.weight(r, c), items, keep);
+    let pair_rows = rows.split_off(m);
+    let mut item_rows = vec![Vec::new(); n_items];
+    for (a, r) in rows.into_iter().enumerate() {
+        item_rows[items[a] as usize] = r;
     }
-    let m = ev.finish(m);
-    (m.hit10, m.mrr20)
+    let pairs = PairWeights {
+        pairs: pairs.iter().map(|&(a, b)| (items[a as usize].min(items[b as usize]), items[a as usize].max(items[b as usize]))).collect(),
+        weights: Csr::from_rows(pair_rows),
+    };
+    Ok(SparseEase { items: Csr::from_rows(item_rows), pairs, lambda: solved.lambda })
 }
 
-/// Fits EASE like [`fit`] and keeps only [`sparsify`]'s strongest weights, computed straight
-/// from the inverse (the dense weight matrix is never built). Returns them and λ.
-pub fn fit_sparse(gram: &Array2<f32>, alpha: f64, items: &[ItemIx], n_items: usize, keep: usize) -> Result<(Csr, f64)> {
-    let (p, lambda) = regularized_inverse(gram, alpha)?;
-    Ok((strongest(p.nrows(), |a, c| weight(&p, a, c), items, n_items, keep), lambda))
-}
-
-/// The strongest `keep` weights (by magnitude) of each covered row, as an `n_items` × `n_items`
-/// sparse matrix; `items[a]` is the item of covered position `a`.
-pub fn sparsify(ease: &Ease, items: &[ItemIx], n_items: usize, keep: usize) -> Csr {
-    strongest(ease.b.nrows(), |a, c| ease.b[[a, c]], items, n_items, keep)
-}
-
-/// [`sparsify`] over any `m` × `m` weight function.
-fn strongest(m: usize, weight: impl Fn(usize, usize) -> f32 + Sync, items: &[ItemIx], n_items: usize, keep: usize) -> Csr {
-    let mut rows: Vec<Vec<(u32, f32)>> = vec![Vec::new(); n_items];
-    let kept: Vec<Vec<(u32, f32)>> = (0..m)
+/// The strongest `keep` weights (by magnitude) of each of `rows` rows over `m` covered
+/// columns, as `(item, weight)`; `items[c]` is the item of covered position `c`.
+fn strongest(rows: usize, m: usize, weight: impl Fn(usize, usize) -> f32 + Sync, items: &[ItemIx], keep: usize) -> Vec<Vec<(u32, f32)>> {
+    (0..rows)
         .into_par_iter()
         .map(|a| {
             let mut r: Vec<(u32, f32)> = (0..m).map(|c| (items[c], weight(a, c))).filter(|(_, v)| *v != 0.0).collect();
@@ -151,11 +375,7 @@ fn strongest(m: usize, weight: impl Fn(usize, usize) -> f32 + Sync, items: &[Ite
             }
             r
         })
-        .collect();
-    for (a, r) in kept.into_iter().enumerate() {
-        rows[items[a] as usize] = r;
-    }
-    Csr::from_rows(rows)
+        .collect()
 }
 
 const BLOCK: usize = 192;
@@ -260,7 +480,7 @@ mod tests {
     fn ease_matches_its_closed_form_and_keeps_the_strongest_weights() {
         // three items: 0 and 1 always together, 2 alone
         let gram = ndarray::arr2(&[[10.0f32, 8.0, 1.0], [8.0, 9.0, 1.0], [1.0, 1.0, 5.0]]);
-        let ease = fit(&gram, 0.5).unwrap();
+        let ease = fit(&gram, 3, &[], 0.5, 0.0).unwrap();
         let lambda = 0.5 * 8.0; // 0.5 × the mean diagonal
         assert!((ease.lambda - lambda).abs() < 1e-12);
         let mut p = gram.mapv(f64::from) + Array2::<f64>::eye(3) * lambda;
@@ -272,21 +492,101 @@ mod tests {
             }
         }
         assert!(ease.b[[0, 1]] > ease.b[[0, 2]], "the pair bought together weighs more");
-        let csr = sparsify(&ease, &[4, 0, 2], 5, 1);
-        assert_eq!(csr.row(4).0, [0], "row of item 4 keeps its strongest weight, to item 0");
-        assert!(csr.row(1).0.is_empty() && csr.n_rows() == 5);
-        let (direct, l) = fit_sparse(&gram, 0.5, &[4, 0, 2], 5, 1).unwrap();
-        assert_eq!((direct, l), (csr, ease.lambda), "the direct sparse fit keeps the same weights");
+        let sparse = fit_sparse(&gram, &[], 0.5, 0.0, &[4, 0, 2], 5, 1).unwrap();
+        assert_eq!(sparse.items.row(4), (&[0u32][..], &[ease.b[[0, 1]]][..]), "row of item 4 keeps its strongest weight, to item 0");
+        assert!(sparse.items.row(1).0.is_empty() && sparse.items.n_rows() == 5 && sparse.pairs.pairs.is_empty());
+        assert_eq!(sparse.lambda, ease.lambda);
+    }
+
+    /// Orders over 6 items where item 4 comes with the *pair* (0, 1) and item 5 with exactly one
+    /// of 0 and 1: rows of X, and Z = the pair columns of `pairs`.
+    fn pair_log(pairs: &[(u32, u32)]) -> (Array2<f64>, Array2<f64>) {
+        let mut state = 12345u64;
+        let mut bit = |p: u64| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) % 100 < p
+        };
+        let x = Array2::from_shape_fn((400, 6), |_| 0.0);
+        let mut x = x;
+        for mut o in x.axis_iter_mut(Axis(0)) {
+            for i in 0..4 {
+                o[i] = f64::from(u8::from(bit(45)));
+            }
+            o[4] = f64::from(u8::from(if o[0] * o[1] > 0.0 { bit(90) } else { bit(10) }));
+            o[5] = f64::from(u8::from(if o[0] + o[1] == 1.0 { bit(90) } else { bit(10) }));
+        }
+        let z = Array2::from_shape_fn((x.nrows(), pairs.len()), |(o, q)| x[[o, pairs[q].0 as usize]] * x[[o, pairs[q].1 as usize]]);
+        (x, z)
     }
 
     #[test]
-    fn lambda_is_chosen_on_the_queries() {
-        let gram = ndarray::arr2(&[[10.0f32, 8.0, 1.0], [8.0, 9.0, 1.0], [1.0, 1.0, 5.0]]);
-        let queries: Vec<PosQuery> = vec![(vec![0], Some(1)), (vec![1], Some(0)), (vec![2], None)];
-        let (alpha, trials) = choose(&gram, &LAMBDA_GRID, &queries, 2).unwrap();
-        assert_eq!(trials.len(), LAMBDA_GRID.len());
-        assert!(trials.iter().all(|t| t.hit10 > 0.6), "{trials:?}");
-        assert!(alpha > 0.0 && alpha.is_finite());
+    fn higher_order_ease_solves_each_targets_constrained_ridge() {
+        let pairs = [(0u32, 1u32), (2, 3), (0, 4)];
+        let (x, z) = pair_log(&pairs);
+        let y = ndarray::concatenate![Axis(1), x, z];
+        let g = y.t().dot(&y);
+        let (m, n) = (6, 9);
+        let ease = fit(&g.mapv(|v| v as f32), m, &pairs, 0.5, 0.1).unwrap();
+        let scale = (0..m).map(|i| g[[i, i]]).sum::<f64>() / m as f64;
+        assert!((ease.lambda - 0.5 * scale).abs() < 1e-9);
+        for j in 0..m {
+            // the regression for target j, straight: inputs other than j and pairs holding it
+            let keep: Vec<usize> =
+                (0..n).filter(|&r| r != j && (r < m || ![pairs[r - m].0, pairs[r - m].1].contains(&(j as u32)))).collect();
+            let yk = y.select(Axis(1), &keep);
+            let mut a = yk.t().dot(&yk);
+            for (k, &r) in keep.iter().enumerate() {
+                a[[k, k]] += if r < m { 0.5 * scale } else { 0.1 * scale };
+            }
+            spd_inverse(&mut a).unwrap();
+            let w = a.dot(&yk.t().dot(&x.column(j)));
+            for r in 0..n {
+                let direct = keep.iter().position(|&k| k == r).map_or(0.0, |k| w[k]);
+                assert!((f64::from(ease.b[[r, j]]) - direct).abs() < 1e-4, "b[{r}, {j}] = {} vs {direct}", ease.b[[r, j]]);
+            }
+        }
+        assert!(ease.b[[m, 4]] > 0.3, "the pair (0, 1) predicts item 4: {}", ease.b[[m, 4]]);
+        // the bordered inverse (items' inverse + Schur complement) is the same inverse
+        let g32 = g.mapv(|v| v as f32);
+        let direct = Solved::new(&g32, m, &pairs, ease.lambda, 7.0).unwrap();
+        let mut ai = g.slice(s![..m, ..m]).to_owned();
+        ai.diag_mut().mapv_inplace(|v| v + ease.lambda);
+        spd_inverse(&mut ai).unwrap();
+        let k = ai.dot(&g.slice(s![m.., ..m]).t());
+        let bordered = Solved::bordered(&ai, &k, &g32.slice(s![m.., ..]).to_owned(), &pairs, ease.lambda, 7.0).unwrap();
+        let err = (&direct.p - &bordered.p).iter().fold(0f64, |e, v| e.max(v.abs()));
+        assert!(err < 1e-9, "max |P − P_bordered| = {err}");
+        // the served form: pair rows in item space, scored only when both items are present
+        let sparse = fit_sparse(&g.mapv(|v| v as f32), &pairs, 0.5, 0.1, &[5, 4, 3, 2, 1, 0], 6, 6).unwrap();
+        assert_eq!(sparse.pairs.pairs, [(4, 5), (2, 3), (1, 5)]);
+        assert!((sparse.pairs.weights.get(0, 1) - ease.b[[m, 4]]).abs() < 1e-6);
+        let plain = fit(&g.mapv(|v| v as f32).slice(s![..m, ..m]).to_owned(), m, &[], 0.5, 0.0).unwrap();
+        let q: Vec<PosQuery> = vec![(vec![0, 1], Some(4)), (vec![0], Some(5))];
+        let (pj, hj) = (judge(&plain, &q), judge(&ease, &q));
+        assert_eq!(hj.outcome, [2.0, 2.0], "with pairs: 4 first for the pair, 5 first for one of it");
+        assert!(pj.outcome[0] < 2.0, "plain EASE cannot tell the pair from its items: {pj:?}");
+    }
+
+    #[test]
+    fn pairs_are_kept_only_when_clearly_better_on_the_queries() {
+        let pairs = [(0u32, 1u32), (2, 3)];
+        let (x, z) = pair_log(&pairs);
+        let y = ndarray::concatenate![Axis(1), x, z];
+        let g = y.t().dot(&y).mapv(|v| v as f32);
+        let choose_on = |queries: &[PosQuery], search| choose(&g, 6, &pairs, queries, search, &[1, 2]).unwrap();
+        // baskets holding the pair (0, 1) want 4, baskets with one of them want 5
+        let pair_queries: Vec<PosQuery> =
+            (0..40).map(|k| if k % 2 == 0 { (vec![0, 1, 2], Some(4)) } else { (vec![k % 4 / 2, 3], Some(5)) }).collect();
+        let choice = choose_on(&pair_queries, 6);
+        assert_eq!(choice.trials.len(), LAMBDA_GRID.len() + 2 * PAIR_LAMBDA_GRID.len(), "{:?}", choice.trials);
+        assert!(choice.alpha > 0.0 && choice.alpha.is_finite() && choice.pair_alpha > 0.0);
+        assert!(choice.pairs > 0, "{choice:?}");
+        // queries the pairs cannot help: plain EASE stays
+        let plain_queries: Vec<PosQuery> = (0..40).map(|k| (vec![k % 2], Some(5))).collect();
+        assert_eq!(choose_on(&plain_queries, 6).pairs, 0);
+        // a search block of 1 item holds no pair: plain EASE only
+        let small = choose_on(&pair_queries, 1);
+        assert_eq!((small.pairs, small.trials.len()), (0, LAMBDA_GRID.len()));
     }
 
     #[test]

@@ -2,12 +2,13 @@
 
 use std::time::Instant;
 
+use ndarray::Axis;
 use serde::{Deserialize, Serialize};
 use xsell_core::aggregate::AggregateConfig;
 use xsell_core::model::{CustomerTable, ItemTable, ModelParts, Policy, Ranker, feature};
 use xsell_core::{Aggregates, CrossSellModel, Csr, ItemIx, OrderLog};
 
-use crate::ease::{self, LAMBDA_GRID, LambdaTrial, PosQuery};
+use crate::ease::{self, LambdaTrial, PosQuery};
 use crate::embed::train_embeddings;
 use crate::ranking::{self, Kind, MQuery};
 use crate::{Progress, Result, TrainConfig, TrainError};
@@ -61,8 +62,21 @@ pub struct EaseReport {
     pub alpha: f64,
     /// λ of the final fit.
     pub lambda: f64,
-    /// hit@10 / mrr@20 of EASE alone on the validation queries, per candidate λ.
+    /// Item pairs used as inputs (higher-order EASE; 0: plain EASE).
+    pub pairs: usize,
+    /// The pairs' λ, as a multiple of the mean Gram diagonal.
+    pub pair_alpha: f64,
+    /// hit@10 / mrr@20 of EASE alone on the validation queries, per candidate.
     pub trials: Vec<LambdaTrial>,
+}
+
+/// EASE's regularization: item λ and pair λ (multiples of the mean item Gram diagonal) and
+/// how many of the most co-bought pairs to use.
+#[derive(Debug, Clone, Copy)]
+struct EaseSetting {
+    alpha: f64,
+    pairs: usize,
+    pair_alpha: f64,
 }
 
 /// A trained model with its report and the aggregates of all training orders (log index space).
@@ -147,6 +161,7 @@ fn build(log: &OrderLog, agg: &Aggregates, cfg: &TrainConfig, ranker: Ranker, pr
         history,
         since,
         ease: Csr::from_rows(vec![Vec::new(); n_items]),
+        ease_pairs: Default::default(),
         emb_in,
         emb_out,
         n_orders: agg.n_orders as f32,
@@ -158,26 +173,31 @@ fn build(log: &OrderLog, agg: &Aggregates, cfg: &TrainConfig, ranker: Ranker, pr
 }
 
 /// Fits EASE on the Gram of `agg` (taken out of it: it is large and used only here) into
-/// `parts.ease`. λ, as a multiple of the Gram's mean diagonal: `alpha` when given (a refit
-/// carries it over), else `cfg.ease_lambda` when set, else the best of [`LAMBDA_GRID`] on
-/// `queries` (the middle of the grid when there is none).
+/// `parts.ease` and `parts.ease_pairs`. The setting: `given` when given (a refit carries it
+/// over), else `cfg.ease_lambda` when set (plain EASE), else the best on `queries` (see
+/// [`ease::choose`]; λ from the middle of the grid and no pairs when there is no query).
 fn fit_ease(
     agg: &mut Aggregates,
     spaces: &Spaces,
     parts: &mut ModelParts,
     cfg: &TrainConfig,
-    alpha: Option<f64>,
+    given: Option<EaseSetting>,
     queries: &[&MQuery],
 ) -> Result<Option<EaseReport>> {
     if agg.gram_items.is_empty() {
         return Ok(None);
     }
     let items: Vec<ItemIx> = agg.gram_items.iter().map(|&i| spaces.item_to_model[i as usize].expect("Gram items were bought")).collect();
-    let gram = std::mem::take(&mut agg.gram);
-    let (alpha, trials) = match alpha {
-        Some(a) => (a, Vec::new()),
-        None if cfg.ease_lambda > 0.0 => (cfg.ease_lambda / ease::diagonal_scale(&gram), Vec::new()),
-        None if queries.is_empty() => (1.0, Vec::new()),
+    let m = items.len();
+    let gram = agg.extended_gram();
+    agg.gram = Default::default();
+    agg.pair_gram = Default::default();
+    let pairs = std::mem::take(&mut agg.gram_pairs);
+    let plain = |alpha| EaseSetting { alpha, pairs: 0, pair_alpha: 0.0 };
+    let (setting, trials) = match given {
+        Some(s) => (s, Vec::new()),
+        None if cfg.ease_lambda > 0.0 => (plain(cfg.ease_lambda / ease::diagonal_scale(&gram, m)), Vec::new()),
+        None if queries.is_empty() => (plain(1.0), Vec::new()),
         None => {
             let mut pos = vec![None; parts.items.ids.len()];
             for (a, &i) in items.iter().enumerate() {
@@ -185,12 +205,20 @@ fn fit_ease(
             }
             let pq: Vec<PosQuery> =
                 queries.iter().map(|q| (q.basket.iter().filter_map(|&i| pos[i as usize]).collect(), pos[q.target as usize])).collect();
-            ease::choose(&gram, &LAMBDA_GRID, &pq, cfg.ease_search_items)?
+            let c = ease::choose(&gram, m, &pairs, &pq, cfg.ease_search_items, &[cfg.ease_pairs / 4, cfg.ease_pairs])?;
+            (EaseSetting { alpha: c.alpha, pairs: c.pairs, pair_alpha: c.pair_alpha }, c.trials)
         }
     };
-    let (weights, lambda) = ease::fit_sparse(&gram, alpha, &items, parts.items.ids.len(), cfg.max_neighbours)?;
-    parts.ease = weights;
-    Ok(Some(EaseReport { items: items.len(), alpha, lambda, trials }))
+    // the chosen count of the most co-bought pairs (fewer when this Gram has fewer)
+    let used = setting.pairs.min(pairs.len());
+    let keep: Vec<usize> = (0..m + used).collect();
+    let gram = if used == pairs.len() { gram } else { gram.select(Axis(0), &keep).select(Axis(1), &keep) };
+    let fitted =
+        ease::fit_sparse(&gram, &pairs[..used], setting.alpha, setting.pair_alpha, &items, parts.items.ids.len(), cfg.max_neighbours)?;
+    parts.ease = fitted.items;
+    parts.ease_pairs = fitted.pairs;
+    let EaseSetting { alpha, pair_alpha, .. } = setting;
+    Ok(Some(EaseReport { items: m, alpha, lambda: fitted.lambda, pairs: used, pair_alpha, trials }))
 }
 
 /// Trains a model on `orders` (indices into `log.orders`, oldest first); return signals at or
@@ -200,7 +228,12 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
     if orders.is_empty() {
         return Err(TrainError::NotEnoughData("no training order".into()));
     }
-    let agg_cfg = AggregateConfig { max_neighbours: cfg.max_neighbours, gram_items: cfg.ease_items, recent_fraction: cfg.recent_fraction };
+    let agg_cfg = AggregateConfig {
+        max_neighbours: cfg.max_neighbours,
+        gram_items: cfg.ease_items,
+        gram_pairs: if cfg.ease_lambda > 0.0 { 0 } else { cfg.ease_pairs },
+        recent_fraction: cfg.recent_fraction,
+    };
     let mut report = TrainReport { orders: orders.len(), ..Default::default() };
     let mut timer = Timer { phases: &mut report.phases, start: Instant::now() };
 
@@ -253,12 +286,14 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
     // without a validation slice the base pass already covered every training order
     let (parts, all_agg) = if cfg.refit && fit_ranker_now {
         progress.start("refit aggregates", 1);
-        let mut agg = Aggregates::compute(log, orders, cutoff_ts, &agg_cfg);
+        let gram_pairs = report.ease.as_ref().map_or(0, |e| e.pairs);
+        let mut agg = Aggregates::compute(log, orders, cutoff_ts, &AggregateConfig { gram_pairs, ..agg_cfg });
         progress.finish();
         let (mut parts, spaces) = build(log, &agg, cfg, ranker, progress)?;
-        // the relative λ carries over: the Gram's scale grows with the orders
-        let alpha = report.ease.as_ref().map(|e| e.alpha);
-        if let Some(e) = fit_ease(&mut agg, &spaces, &mut parts, cfg, alpha, &[])? {
+        // the relative λs carry over (the Gram's scale grows with the orders), and so does the
+        // pair count: the most co-bought pairs of all training orders
+        let setting = report.ease.as_ref().map(|e| EaseSetting { alpha: e.alpha, pairs: e.pairs, pair_alpha: e.pair_alpha });
+        if let Some(e) = fit_ease(&mut agg, &spaces, &mut parts, cfg, setting, &[])? {
             let trials = report.ease.take().map(|r| r.trials).unwrap_or_default();
             report.ease = Some(EaseReport { trials, ..e });
         }

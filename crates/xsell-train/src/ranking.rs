@@ -195,9 +195,14 @@ struct Judged {
     outcome: Vec<f64>,
 }
 
+/// A query's outcome from the target's 0-based position in a top 20: hit@10 + reciprocal rank.
+pub(crate) fn outcome(position: Option<usize>) -> f64 {
+    position.filter(|&r| r < 20).map_or(0.0, |r| f64::from(u8::from(r < 10)) + 1.0 / (r + 1) as f64)
+}
+
 /// True when `new` beats `old` on the same queries by more than one standard error of the
 /// per-query difference.
-fn clearly_better(new: &[f64], old: &[f64]) -> bool {
+pub(crate) fn clearly_better(new: &[f64], old: &[f64]) -> bool {
     let n = new.len().min(old.len());
     if n < 2 {
         return false;
@@ -272,7 +277,7 @@ fn judge<'a>(queries: &[&MQuery], tops: impl Iterator<Item = &'a Top>, n_items: 
             scores.push(sc);
             labels.push(j == q.target);
         }
-        outcome.push(order.iter().position(|&j| j == q.target).map_or(0.0, |r| f64::from(u8::from(r < 10)) + 1.0 / (r + 1) as f64));
+        outcome.push(self::outcome(order.iter().position(|&j| j == q.target)));
         let ranked: Vec<String> = order.iter().map(|j| j.to_string()).collect();
         ev.add(&ranked, None, &q.target.to_string(), QueryTags::default());
     }
