@@ -161,7 +161,10 @@ pub fn print_summary(r: &xsell_train::TrainReport, read_secs: f64, total_secs: f
         }
         for t in &e.trials {
             let pairs = if t.pairs == 0 { String::new() } else { format!(", {} pairs at {} × mean", t.pairs, t.pair_alpha) };
-            println!("  λ = {:>5} × mean{pairs}: hit@10 {:.4}, mrr@20 {:.4} (validation, EASE alone)", t.alpha, t.hit10, t.mrr20);
+            println!(
+                "  λ = {:>5} × mean{pairs}: hit@10 {:.4}, mrr@20 {:.4} (validation, EASE alone on {} items)",
+                t.alpha, t.hit10, t.mrr20, t.items
+            );
         }
     }
 }

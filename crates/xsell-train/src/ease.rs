@@ -59,6 +59,9 @@ pub type PosQuery = (Vec<usize>, Option<usize>);
 /// How one regularization did on the validation queries.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct LambdaTrial {
+    /// The most-bought items judged on (the leading block).
+    #[serde(default)]
+    pub items: usize,
     /// λ as a multiple of the mean item Gram diagonal.
     pub alpha: f64,
     /// λ.
@@ -200,13 +203,22 @@ fn sub_gram(gram: &Array2<f32>, m: usize, rows: usize, pair_rows: &[usize]) -> A
     gram.select(Axis(0), &idx).select(Axis(1), &idx)
 }
 
+/// Pairs are judged on at most this many most-bought items (each trial costs `items² × pairs`).
+pub const PAIR_SEARCH_ITEMS: usize = 1000;
+
+/// `queries` restricted to the leading `n` covered items.
+fn restrict(queries: &[PosQuery], n: usize) -> Vec<PosQuery> {
+    queries.iter().map(|(basket, target)| (basket.iter().copied().filter(|&a| a < n).collect(), target.filter(|&t| t < n))).collect()
+}
+
 /// Chooses the regularization on the leading `search_items` block of an extended Gram (`m`
 /// items, then `pairs`, most co-bought first), so the cubic cost stays bounded. First the item
 /// λ of [`LAMBDA_GRID`] with the best hit@10 + mrr@20 on `queries` for plain EASE (ties: the
-/// larger λ). Then, with that λ, pairs within the block, simplest first (each count of
-/// `pair_counts`, each λ of [`PAIR_LAMBDA_GRID`] from the strongest): like the ranker's
-/// contenders, one replaces the kept fit only when it beats it by more than a standard error
-/// of the per-query difference. λs come back as multiples of the *whole* Gram's diagonal scale.
+/// larger λ). Then, with that λ and on the leading [`PAIR_SEARCH_ITEMS`], plain EASE against
+/// pairs within that block, simplest first (each count of `pair_counts`, each λ of
+/// [`PAIR_LAMBDA_GRID`] from the strongest): like the ranker's contenders, one replaces the
+/// kept fit only when it beats it by more than a standard error of the per-query difference.
+/// λs come back as multiples of the *whole* Gram's diagonal scale.
 pub fn choose(
     gram: &Array2<f32>,
     m: usize,
@@ -216,58 +228,56 @@ pub fn choose(
     pair_counts: &[usize],
 ) -> Result<Choice> {
     let ms = m.min(search_items.max(1));
-    let sub_queries: Vec<PosQuery> =
-        queries.iter().map(|(basket, target)| (basket.iter().copied().filter(|&a| a < ms).collect(), target.filter(|&t| t < ms))).collect();
     let items = sub_gram(gram, m, ms, &[]);
     let sub_scale = diagonal_scale(&items, ms);
     let mut trials = Vec::new();
-    let mut judged = |ease: Ease| {
-        let j = judge(&ease, &sub_queries);
+    let mut judged = |ease: Ease, queries: &[PosQuery]| {
+        let j = judge(&ease, queries);
         let pair_alpha = if ease.pairs.is_empty() { 0.0 } else { ease.pair_alpha };
-        trials.push(LambdaTrial {
-            alpha: ease.alpha,
-            lambda: ease.lambda,
-            pairs: ease.pairs.len(),
-            pair_alpha,
-            hit10: j.hit10,
-            mrr20: j.mrr20,
-        });
+        let (items, alpha, lambda, pairs) = (ease.b.ncols(), ease.alpha, ease.lambda, ease.pairs.len());
+        trials.push(LambdaTrial { items, alpha, lambda, pairs, pair_alpha, hit10: j.hit10, mrr20: j.mrr20 });
         (ease, j)
     };
-    let mut kept: Option<(Ease, Judgement)> = None;
+    let item_queries = restrict(queries, ms);
+    let mut best: Option<(Ease, Judgement)> = None;
     for &alpha in &LAMBDA_GRID {
-        let (ease, j) = judged(fit(&items, ms, &[], alpha, 0.0)?);
-        if kept.as_ref().is_none_or(|(_, k)| j.score() >= k.score()) {
-            kept = Some((ease, j));
+        let (ease, j) = judged(fit(&items, ms, &[], alpha, 0.0)?, &item_queries);
+        if best.as_ref().is_none_or(|(_, k)| j.score() >= k.score()) {
+            best = Some((ease, j));
         }
     }
-    let (mut kept, mut kept_judgement) =
-        kept.ok_or_else(|| TrainError::Config { name: "ease_lambda", reason: "the λ grid is empty".into() })?;
-    let alpha = kept.alpha;
-    let in_block: Vec<usize> = (0..pairs.len()).filter(|&q| (pairs[q].1 as usize) < ms).collect();
+    let (plain, _) = best.ok_or_else(|| TrainError::Config { name: "ease_lambda", reason: "the λ grid is empty".into() })?;
+    let (alpha, lambda) = (plain.alpha, plain.lambda);
+    let mp = ms.min(PAIR_SEARCH_ITEMS);
+    let in_block: Vec<usize> = (0..pairs.len()).filter(|&q| (pairs[q].1 as usize) < mp).collect();
     let mut counts: Vec<usize> = pair_counts.iter().map(|&c| c.min(in_block.len())).filter(|&c| c > 0).collect();
     counts.sort_unstable();
     counts.dedup();
-    // the chosen items' inverse, bordered by each pair set (see `Solved::bordered`)
-    let mut ai = items.mapv(f64::from);
-    ai.diag_mut().mapv_inplace(|v| v + kept.lambda);
-    spd_inverse(&mut ai)?;
-    for c in counts {
-        let pair_gram = sub_gram(gram, m, ms, &in_block[..c]).slice(s![ms.., ..]).to_owned();
-        let k = ai.dot(&pair_gram.slice(s![.., ..ms]).mapv(f64::from).t());
-        let sub_pairs: Vec<(u32, u32)> = in_block[..c].iter().map(|&q| pairs[q]).collect();
-        for &pair_alpha in &PAIR_LAMBDA_GRID {
-            let solved = Solved::bordered(&ai, &k, &pair_gram, &sub_pairs, kept.lambda, pair_alpha * sub_scale)?;
-            let (ease, j) = judged(solved.ease(ms, &sub_pairs, alpha, pair_alpha));
-            if clearly_better(&j.outcome, &kept_judgement.outcome) {
-                (kept, kept_judgement) = (ease, j);
+    let mut kept = (0, 0.0);
+    if !counts.is_empty() {
+        // the chosen items' inverse, bordered by each pair set (see `Solved::bordered`)
+        let pair_queries = restrict(queries, mp);
+        let mut ai = sub_gram(gram, m, mp, &[]).mapv(f64::from);
+        ai.diag_mut().mapv_inplace(|v| v + lambda);
+        spd_inverse(&mut ai)?;
+        let plain = Solved::with_inverse(ai.clone(), mp, &[], lambda)?.ease(mp, &[], alpha, 0.0);
+        let (_, mut kept_judgement) = judged(plain, &pair_queries);
+        for c in counts {
+            let pair_gram = sub_gram(gram, m, mp, &in_block[..c]).slice(s![mp.., ..]).to_owned();
+            let k = ai.dot(&pair_gram.slice(s![.., ..mp]).mapv(f64::from).t());
+            let sub_pairs: Vec<(u32, u32)> = in_block[..c].iter().map(|&q| pairs[q]).collect();
+            for &pair_alpha in &PAIR_LAMBDA_GRID {
+                let solved = Solved::bordered(&ai, &k, &pair_gram, &sub_pairs, lambda, pair_alpha * sub_scale)?;
+                let (_, j) = judged(solved.ease(mp, &sub_pairs, alpha, pair_alpha), &pair_queries);
+                if clearly_better(&j.outcome, &kept_judgement.outcome) {
+                    (kept, kept_judgement) = ((c, pair_alpha), j);
+                }
             }
         }
     }
     // absolute λs carry over to the whole Gram
     let whole = diagonal_scale(gram, m);
-    let pair_alpha = kept.pair_alpha * sub_scale / whole;
-    Ok(Choice { alpha: kept.lambda / whole, pairs: kept.pairs.len(), pair_alpha, trials })
+    Ok(Choice { alpha: lambda / whole, pairs: kept.0, pair_alpha: kept.1 * sub_scale / whole, trials })
 }
 
 /// `partners[a]` = `(b, q)` for each pair `q = (a, b)`.
@@ -578,7 +588,7 @@ mod tests {
         let pair_queries: Vec<PosQuery> =
             (0..40).map(|k| if k % 2 == 0 { (vec![0, 1, 2], Some(4)) } else { (vec![k % 4 / 2, 3], Some(5)) }).collect();
         let choice = choose_on(&pair_queries, 6);
-        assert_eq!(choice.trials.len(), LAMBDA_GRID.len() + 2 * PAIR_LAMBDA_GRID.len(), "{:?}", choice.trials);
+        assert_eq!(choice.trials.len(), LAMBDA_GRID.len() + 1 + 2 * PAIR_LAMBDA_GRID.len(), "{:?}", choice.trials);
         assert!(choice.alpha > 0.0 && choice.alpha.is_finite() && choice.pair_alpha > 0.0);
         assert!(choice.pairs > 0, "{choice:?}");
         // queries the pairs cannot help: plain EASE stays
