@@ -261,6 +261,11 @@ fn bundles_round_trip_and_refuse_damage() {
     std::fs::write(&m, text).unwrap();
     let msg = xsell_model::load(&b.path).unwrap_err().to_string();
     assert!(msg.contains("format version 99"), "{msg}");
+    // a bundle of the previous format (no pair weights) still loads, without them
+    std::fs::write(&m, std::fs::read_to_string(&m).unwrap().replace("\"format_version\": 99", "\"format_version\": 2")).unwrap();
+    let old = xsell_model::load(&b.path).unwrap();
+    assert_eq!(old.model.parts().ease_pairs, Default::default());
+    assert_eq!(old.model.parts().ease, w.fitted.parts.ease);
     // a truncated catalog
     let b2 = xsell_model::save(&w.model_dir, manifest(&w.fitted), &w.fitted.parts).unwrap();
     std::fs::write(b2.join("catalog.parquet"), b"PAR1").unwrap();

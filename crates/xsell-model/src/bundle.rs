@@ -15,6 +15,10 @@ use crate::{BundleError, Result};
 /// The bundle format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 3;
 
+/// The oldest bundle format this build still loads: version 2 bundles predate higher-order EASE
+/// and load without pair weights (a server upgraded in place keeps serving them).
+pub const OLDEST_FORMAT_VERSION: u32 = 2;
+
 const MANIFEST: &str = "manifest.json";
 const TENSORS: &str = "tensors.safetensors";
 const CATALOG: &str = "catalog.parquet";
@@ -218,8 +222,8 @@ pub fn load(path: &Path) -> Result<Bundle> {
     let probe: serde_json::Value =
         serde_json::from_slice(&raw).map_err(|source| BundleError::Manifest { path: manifest_path.clone(), source })?;
     let found = probe.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
-    if found != FORMAT_VERSION {
-        return Err(BundleError::Version { path: path.into(), found, supported: FORMAT_VERSION });
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&found) {
+        return Err(BundleError::Version { path: path.into(), found, supported: FORMAT_VERSION, oldest: OLDEST_FORMAT_VERSION });
     }
     let manifest: Manifest = serde_json::from_value(probe).map_err(|source| BundleError::Manifest { path: manifest_path, source })?;
     let tensors_path = path.join(TENSORS);
@@ -279,7 +283,11 @@ pub fn load(path: &Path) -> Result<Bundle> {
         history: csr("history")?,
         since: csr("since")?,
         ease: csr("ease")?,
-        ease_pairs: PairWeights { pairs: ease_pairs()?, weights: csr("ease_pair_weights")? },
+        ease_pairs: if found >= 3 {
+            PairWeights { pairs: ease_pairs()?, weights: csr("ease_pair_weights")? }
+        } else {
+            PairWeights::default()
+        },
         emb_in: matrix("emb_in")?,
         emb_out: matrix("emb_out")?,
         n_orders: manifest.n_orders,

@@ -25,14 +25,16 @@ pub enum BundleError {
         source: serde_json::Error,
     },
     /// The bundle was written by an unknown format version.
-    #[error("{}: format version {found} is not supported (this build reads version {supported})", path.display())]
+    #[error("{}: format version {found} is not supported (this build reads versions {oldest} to {supported})", path.display())]
     Version {
         /// The bundle directory.
         path: PathBuf,
         /// Its version.
         found: u32,
-        /// The version this build reads.
+        /// The newest version this build reads (the one it writes).
         supported: u32,
+        /// The oldest version this build reads.
+        oldest: u32,
     },
     /// The tensors file is malformed or lacks a tensor.
     #[error("{}: {reason}", path.display())]
