@@ -161,12 +161,7 @@ impl Aggregates {
         // each Gram row straight into place
         gram.axis_iter_mut(Axis(0)).into_par_iter().zip(gram_items.par_iter()).for_each(|(mut d, &i)| {
             for &k in &by_item[i as usize] {
-                for &j in &log.orders[orders[k as usize]].items {
-                    let b = gram_pos[j as usize];
-                    if b != u32::MAX {
-                        d[b as usize] += 1.0;
-                    }
-                }
+                count_gram_items(&mut d, &log.orders[orders[k as usize]].items, &gram_pos);
             }
         });
         let (gram_pairs, pair_gram) = pair_counts(log, orders, &by_item, &gram_items, &gram_pos, &gram, cfg.gram_pairs);
@@ -195,7 +190,13 @@ impl Aggregates {
     /// The Gram of the items and the selected pairs together, `(m + P)` square (the pairs'
     /// rows and columns after the items').
     pub fn extended_gram(&self) -> Array2<f32> {
-        extend_gram(&self.gram, &self.pair_gram)
+        let m = self.gram.nrows();
+        let n = m + self.pair_gram.nrows();
+        let mut g = Array2::<f32>::zeros((n, n));
+        g.slice_mut(s![..m, ..m]).assign(&self.gram);
+        g.slice_mut(s![m.., ..]).assign(&self.pair_gram);
+        g.slice_mut(s![..m, m..]).assign(&self.pair_gram.slice(s![.., ..m]).t());
+        g
     }
 
     /// Returned lines per sold line of an item (capped at 1).
@@ -209,17 +210,15 @@ impl Aggregates {
     }
 }
 
-/// `[[G, Cᵀ], [C, D]]` from the item Gram `G` (m × m) and the pair rows `[C | D]` (P × (m + P)).
-pub fn extend_gram(gram: &Array2<f32>, pair_gram: &Array2<f32>) -> Array2<f32> {
-    let m = gram.nrows();
-    let n = m + pair_gram.nrows();
-    let mut g = Array2::<f32>::zeros((n, n));
-    g.slice_mut(s![..m, ..m]).assign(gram);
-    if pair_gram.nrows() > 0 {
-        g.slice_mut(s![m.., ..]).assign(pair_gram);
-        g.slice_mut(s![..m, m..]).assign(&pair_gram.slice(s![.., ..m]).t());
+/// Adds one order's Gram items (`gram_pos` of each item, `u32::MAX` when not covered) to a
+/// Gram row.
+fn count_gram_items(row: &mut ndarray::ArrayViewMut1<'_, f32>, items: &[ItemIx], gram_pos: &[u32]) {
+    for &j in items {
+        let a = gram_pos[j as usize];
+        if a != u32::MAX {
+            row[a as usize] += 1.0;
+        }
     }
-    g
 }
 
 /// Selects the `max_pairs` most co-bought pairs of Gram items (bought together at least twice;
@@ -239,23 +238,17 @@ fn pair_counts(
     if max_pairs == 0 || m < 2 {
         return (Vec::new(), Array2::zeros((0, m)));
     }
-    let mut pairs: Vec<(u32, u32, f32)> = (0..m)
-        .flat_map(|a| (a + 1..m).map(move |b| (a as u32, b as u32)))
-        .map(|(a, b)| (a, b, gram[[a as usize, b as usize]]))
-        .filter(|p| p.2 >= 2.0)
+    // pair (a, b) is entry a·m + b of the Gram, so ties go to the lower positions
+    let pairs: Vec<(u32, u32)> = crate::top_k(m * m, max_pairs, |e| gram[[e / m, e % m]], |e| e / m < e % m && gram[[e / m, e % m]] >= 2.0)
+        .into_iter()
+        .map(|e| ((e / m) as u32, (e % m) as u32))
         .collect();
-    let by_count = |x: &(u32, u32, f32), y: &(u32, u32, f32)| y.2.total_cmp(&x.2).then((x.0, x.1).cmp(&(y.0, y.1)));
-    if pairs.len() > max_pairs {
-        pairs.select_nth_unstable_by(max_pairs, by_count);
-        pairs.truncate(max_pairs);
-    }
-    pairs.sort_unstable_by(by_count);
     let n_pairs = pairs.len();
     // orders (positions in `orders`) holding each pair: the two items' order lists (ascending,
     // an order's items are distinct) intersected
     let pair_orders: Vec<Vec<u32>> = pairs
         .par_iter()
-        .map(|&(a, b, _)| {
+        .map(|&(a, b)| {
             let (x, y) = (&by_item[gram_items[a as usize] as usize], &by_item[gram_items[b as usize] as usize]);
             let (mut i, mut j, mut both) = (0, 0, Vec::new());
             while i < x.len() && j < y.len() {
@@ -281,16 +274,11 @@ fn pair_counts(
     let mut pair_gram = Array2::<f32>::zeros((n_pairs, m + n_pairs));
     pair_gram.axis_iter_mut(Axis(0)).into_par_iter().zip(pair_orders.par_iter()).for_each(|(mut row, ks)| {
         for &k in ks {
-            for &j in &log.orders[orders[k as usize]].items {
-                let a = gram_pos[j as usize];
-                if a != u32::MAX {
-                    row[a as usize] += 1.0;
-                }
-            }
+            count_gram_items(&mut row, &log.orders[orders[k as usize]].items, gram_pos);
             for &q in &order_pairs[&k] {
                 row[m + q as usize] += 1.0;
             }
         }
     });
-    (pairs.into_iter().map(|(a, b, _)| (a, b)).collect(), pair_gram)
+    (pairs, pair_gram)
 }

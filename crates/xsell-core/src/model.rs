@@ -253,6 +253,16 @@ pub struct PairWeights {
     pub weights: Csr,
 }
 
+/// Per position `a` of `0..n`: `(b, p)` for each pair `p = (a, b)` (each pair listed once, under
+/// its first item), so a basket finds the pairs it holds whole from its own items.
+pub fn pair_partners(pairs: &[(u32, u32)], n: usize) -> Vec<Vec<(u32, u32)>> {
+    let mut partners = vec![Vec::new(); n];
+    for (q, &(a, b)) in pairs.iter().enumerate() {
+        partners[a as usize].push((b, q as u32));
+    }
+    partners
+}
+
 impl Default for PairWeights {
     /// No pair.
     fn default() -> Self {
@@ -473,13 +483,10 @@ impl CrossSellModel {
         parts.ease.validate(n, n).map_err(|e| Error::Inconsistent(format!("ease: {e}")))?;
         let ep = &parts.ease_pairs;
         ep.weights.validate(ep.pairs.len(), n).map_err(|e| Error::Inconsistent(format!("ease pair weights: {e}")))?;
-        let mut pair_partners = vec![Vec::new(); n];
-        for (q, &(a, b)) in ep.pairs.iter().enumerate() {
-            if a >= b || b as usize >= n {
-                return inc(format!("ease pair {q} is ({a}, {b}): expected two item indices a < b < {n}"));
-            }
-            pair_partners[a as usize].push((b, q as u32));
+        if let Some((q, (a, b))) = ep.pairs.iter().enumerate().find(|(_, (a, b))| a >= b || *b as usize >= n) {
+            return inc(format!("ease pair {q} is ({a}, {b}): expected two item indices a < b < {n}"));
         }
+        let pair_partners = pair_partners(&ep.pairs, n);
         if parts.emb_in.nrows() != n || parts.emb_out.dim() != parts.emb_in.dim() {
             return inc(format!("embeddings have shape {:?}/{:?}, expected {n} rows", parts.emb_in.dim(), parts.emb_out.dim()));
         }

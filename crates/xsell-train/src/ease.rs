@@ -23,7 +23,7 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, Axis, s};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use xsell_core::model::PairWeights;
+use xsell_core::model::{PairWeights, pair_partners};
 use xsell_core::{Csr, ItemIx, top_k};
 
 use crate::ranking::{clearly_better, outcome};
@@ -106,12 +106,7 @@ impl Solved {
         if gram.nrows() != m + pairs.len() {
             return Err(TrainError::Tensor(format!("a Gram of {} rows for {m} items and {} pairs", gram.nrows(), pairs.len())));
         }
-        let mut p = gram.mapv(f64::from);
-        for (k, d) in p.diag_mut().iter_mut().enumerate() {
-            *d += if k < m { lambda } else { pair_lambda };
-        }
-        spd_inverse(&mut p)?;
-        Self::with_inverse(p, m, pairs, lambda)
+        Self::with_inverse(regularized_inverse(gram, m, lambda, pair_lambda)?, m, pairs, lambda)
     }
 
     /// Like [`Solved::new`], from the items' regularized inverse `ai` = `(G_items + λI)⁻¹` and
@@ -182,6 +177,17 @@ impl Solved {
     }
 }
 
+/// `(G + Λ)⁻¹` in f64: λ added to the first `m` (the items') diagonal entries, `pair_lambda`
+/// to the rest.
+fn regularized_inverse(gram: &Array2<f32>, m: usize, lambda: f64, pair_lambda: f64) -> Result<Array2<f64>> {
+    let mut p = gram.mapv(f64::from);
+    for (k, d) in p.diag_mut().iter_mut().enumerate() {
+        *d += if k < m { lambda } else { pair_lambda };
+    }
+    spd_inverse(&mut p)?;
+    Ok(p)
+}
+
 /// Fits EASE on an extended Gram (`m` items, then `pairs`) with item λ = `alpha` × and pair
 /// λ = `pair_alpha` × [`diagonal_scale`].
 pub fn fit(gram: &Array2<f32>, m: usize, pairs: &[(u32, u32)], alpha: f64, pair_alpha: f64) -> Result<Ease> {
@@ -233,8 +239,7 @@ pub fn choose(
     let mut trials = Vec::new();
     let mut judged = |ease: Ease, queries: &[PosQuery]| {
         let j = judge(&ease, queries);
-        let pair_alpha = if ease.pairs.is_empty() { 0.0 } else { ease.pair_alpha };
-        let (items, alpha, lambda, pairs) = (ease.b.ncols(), ease.alpha, ease.lambda, ease.pairs.len());
+        let (items, alpha, lambda, pairs, pair_alpha) = (ease.b.ncols(), ease.alpha, ease.lambda, ease.pairs.len(), ease.pair_alpha);
         trials.push(LambdaTrial { items, alpha, lambda, pairs, pair_alpha, hit10: j.hit10, mrr20: j.mrr20 });
         (ease, j)
     };
@@ -257,9 +262,7 @@ pub fn choose(
     if !counts.is_empty() {
         // the chosen items' inverse, bordered by each pair set (see `Solved::bordered`)
         let pair_queries = restrict(queries, mp);
-        let mut ai = sub_gram(gram, m, mp, &[]).mapv(f64::from);
-        ai.diag_mut().mapv_inplace(|v| v + lambda);
-        spd_inverse(&mut ai)?;
+        let ai = regularized_inverse(&sub_gram(gram, m, mp, &[]), mp, lambda, 0.0)?;
         let plain = Solved::with_inverse(ai.clone(), mp, &[], lambda)?.ease(mp, &[], alpha, 0.0);
         let (_, mut kept_judgement) = judged(plain, &pair_queries);
         for c in counts {
@@ -278,15 +281,6 @@ pub fn choose(
     // absolute λs carry over to the whole Gram
     let whole = diagonal_scale(gram, m);
     Ok(Choice { alpha: lambda / whole, pairs: kept.0, pair_alpha: kept.1 * sub_scale / whole, trials })
-}
-
-/// `partners[a]` = `(b, q)` for each pair `q = (a, b)`.
-fn pair_partners(pairs: &[(u32, u32)], m: usize) -> Vec<Vec<(usize, usize)>> {
-    let mut partners = vec![Vec::new(); m];
-    for (q, &(a, b)) in pairs.iter().enumerate() {
-        partners[a as usize].push((b as usize, q));
-    }
-    partners
 }
 
 /// EASE alone on validation queries.
@@ -318,8 +312,8 @@ pub fn judge(ease: &Ease, queries: &[PosQuery]) -> Judgement {
             for &a in basket {
                 score += &ease.b.row(a);
                 for &(b, q) in &partners[a] {
-                    if basket.contains(&b) {
-                        score += &ease.b.row(m + q);
+                    if basket.contains(&(b as usize)) {
+                        score += &ease.b.row(m + q as usize);
                     }
                 }
             }

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use ndarray::Axis;
+use ndarray::s;
 use serde::{Deserialize, Serialize};
 use xsell_core::aggregate::AggregateConfig;
 use xsell_core::model::{CustomerTable, ItemTable, ModelParts, Policy, Ranker, feature};
@@ -211,8 +211,7 @@ fn fit_ease(
     };
     // the chosen count of the most co-bought pairs (fewer when this Gram has fewer)
     let used = setting.pairs.min(pairs.len());
-    let keep: Vec<usize> = (0..m + used).collect();
-    let gram = if used == pairs.len() { gram } else { gram.select(Axis(0), &keep).select(Axis(1), &keep) };
+    let gram = if used == pairs.len() { gram } else { gram.slice(s![..m + used, ..m + used]).to_owned() };
     let fitted =
         ease::fit_sparse(&gram, &pairs[..used], setting.alpha, setting.pair_alpha, &items, parts.items.ids.len(), cfg.max_neighbours)?;
     parts.ease = fitted.items;
