@@ -261,8 +261,14 @@ fn bundles_round_trip_and_refuse_damage() {
     std::fs::write(&m, text).unwrap();
     let msg = xsell_model::load(&b.path).unwrap_err().to_string();
     assert!(msg.contains("format version 99"), "{msg}");
-    // a bundle of the previous format (no pair weights) still loads, without them
-    std::fs::write(&m, std::fs::read_to_string(&m).unwrap().replace("\"format_version\": 99", "\"format_version\": 2")).unwrap();
+    // bundles of earlier formats still load: format 3 without EASE's intercept, format 2 also
+    // without pair weights
+    assert_eq!(w.fitted.parts.ease_always_on.len(), w.fitted.parts.items.ids.len(), "the trained model has an intercept");
+    std::fs::write(&m, std::fs::read_to_string(&m).unwrap().replace("\"format_version\": 99", "\"format_version\": 3")).unwrap();
+    let old = xsell_model::load(&b.path).unwrap();
+    assert!(old.model.parts().ease_always_on.is_empty());
+    assert_eq!(old.model.parts().ease_pairs, w.fitted.parts.ease_pairs);
+    std::fs::write(&m, std::fs::read_to_string(&m).unwrap().replace("\"format_version\": 3", "\"format_version\": 2")).unwrap();
     let old = xsell_model::load(&b.path).unwrap();
     assert_eq!(old.model.parts().ease_pairs, Default::default());
     assert_eq!(old.model.parts().ease, w.fitted.parts.ease);

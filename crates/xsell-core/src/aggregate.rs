@@ -187,15 +187,21 @@ impl Aggregates {
         }
     }
 
-    /// The Gram of the items and the selected pairs together, `(m + P)` square (the pairs'
-    /// rows and columns after the items').
+    /// The Gram of EASE's inputs, `(m + 1 + P)` square: the items, then the always-on input
+    /// (a column of ones: its row is each input's order count, and the order count on its
+    /// diagonal), then the selected pairs.
     pub fn extended_gram(&self) -> Array2<f32> {
         let m = self.gram.nrows();
-        let n = m + self.pair_gram.nrows();
+        let n = m + 1 + self.pair_gram.nrows();
         let mut g = Array2::<f32>::zeros((n, n));
         g.slice_mut(s![..m, ..m]).assign(&self.gram);
-        g.slice_mut(s![m.., ..]).assign(&self.pair_gram);
-        g.slice_mut(s![..m, m..]).assign(&self.pair_gram.slice(s![.., ..m]).t());
+        g.slice_mut(s![m + 1.., ..m]).assign(&self.pair_gram.slice(s![.., ..m]));
+        g.slice_mut(s![..m, m + 1..]).assign(&self.pair_gram.slice(s![.., ..m]).t());
+        g.slice_mut(s![m + 1.., m + 1..]).assign(&self.pair_gram.slice(s![.., m..]));
+        for k in (0..n).filter(|&k| k != m) {
+            (g[[m, k]], g[[k, m]]) = (g[[k, k]], g[[k, k]]);
+        }
+        g[[m, m]] = self.n_orders as f32;
         g
     }
 

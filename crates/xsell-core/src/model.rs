@@ -289,6 +289,9 @@ pub struct ModelParts {
     pub ease: Csr,
     /// Higher-order EASE: weights that apply when both items of a pair are in the basket.
     pub ease_pairs: PairWeights,
+    /// EASE's intercept: per item, the weight of the always-on input, added to every
+    /// basket's EASE score (empty: none, as in bundles before format 4).
+    pub ease_always_on: Vec<f32>,
     /// Input ("context") item embeddings, items × dim.
     pub emb_in: Array2<f32>,
     /// Output ("target") item embeddings, items × dim.
@@ -487,6 +490,12 @@ impl CrossSellModel {
             return inc(format!("ease pair {q} is ({a}, {b}): expected two item indices a < b < {n}"));
         }
         let pair_partners = pair_partners(&ep.pairs, n);
+        if !parts.ease_always_on.is_empty() && parts.ease_always_on.len() != n {
+            return inc(format!("ease intercept has {} values for {n} items", parts.ease_always_on.len()));
+        }
+        if parts.ease_always_on.iter().any(|v| !v.is_finite()) {
+            return inc("an ease intercept value is not finite".into());
+        }
         if parts.emb_in.nrows() != n || parts.emb_out.dim() != parts.emb_in.dim() {
             return inc(format!("embeddings have shape {:?}/{:?}, expected {n} rows", parts.emb_in.dim(), parts.emb_out.dim()));
         }
@@ -586,6 +595,9 @@ impl CrossSellModel {
                 }
             }
             self.add_pair_weights(basket, x.column_mut(EASE));
+            if !p.ease_always_on.is_empty() {
+                x.column_mut(EASE).scaled_add(1.0, &ArrayView1::from(&p.ease_always_on));
+            }
             let (name_basket, name_max) = self.names.features(basket, n);
             x.column_mut(NAME_BASKET).assign(&ArrayView1::from(&name_basket));
             x.column_mut(NAME_MAX).assign(&ArrayView1::from(&name_max));

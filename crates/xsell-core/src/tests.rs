@@ -146,6 +146,7 @@ fn tiny_model() -> CrossSellModel {
         history,
         ease: Csr::from_rows(vec![Vec::new(); 4]),
         ease_pairs: Default::default(),
+        ease_always_on: Vec::new(),
         emb_in: Array2::from_shape_fn((4, 2), |(i, d)| (i + d) as f32 * 0.1),
         emb_out: Array2::from_shape_fn((4, 2), |(i, d)| (i * d) as f32 * 0.1),
         n_orders: 100.0,
@@ -248,7 +249,7 @@ fn inconsistent_parts_are_refused() {
 
 #[test]
 fn aggregates_count_the_gram_of_items_and_their_most_co_bought_pairs() {
-    // 5 items over 8 orders; the pair counts must equal the Gram of [X | pair columns]
+    // 5 items over 8 orders; the pair counts must equal the Gram of [X | 1 | pair columns]
     let baskets: [&[&str]; 8] =
         [&["a", "b", "c"], &["a", "b"], &["a", "b", "d"], &["c", "d"], &["c", "d", "a"], &["a", "c"], &["e"], &["a", "b", "c", "d"]];
     let mut b = LogBuilder::new();
@@ -270,7 +271,8 @@ fn aggregates_count_the_gram_of_items_and_their_most_co_bought_pairs() {
         let (a, c) = agg.gram_pairs[q];
         x[[o, a as usize]] * x[[o, c as usize]]
     });
-    let y = ndarray::concatenate![ndarray::Axis(1), x, z];
+    let ones = ndarray::Array2::<f32>::ones((baskets.len(), 1));
+    let y = ndarray::concatenate![ndarray::Axis(1), x, ones, z];
     assert_eq!(agg.extended_gram(), y.t().dot(&y));
     // pairs bought together once are never selected
     let few = Aggregates::compute(&log, &all[..1], None, &cfg);

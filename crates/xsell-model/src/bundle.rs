@@ -13,10 +13,11 @@ use xsell_data::tables;
 use crate::{BundleError, Result};
 
 /// The bundle format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// The oldest bundle format this build still loads: version 2 bundles predate higher-order EASE
-/// and load without pair weights (a server upgraded in place keeps serving them).
+/// and load without pair weights, versions 2 and 3 predate EASE's intercept and load without it
+/// (a server upgraded in place keeps serving them).
 pub const OLDEST_FORMAT_VERSION: u32 = 2;
 
 const MANIFEST: &str = "manifest.json";
@@ -178,6 +179,8 @@ fn write_tensors(path: &Path, parts: &ModelParts) -> Result<()> {
     let ep = &parts.ease_pairs;
     let pair_items: Vec<u32> = ep.pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
     owned.push(("ease_pairs".into(), Dtype::U32, vec![ep.pairs.len(), 2], u32_bytes(&pair_items)));
+    let always_on = &parts.ease_always_on;
+    owned.push(("ease_always_on".into(), Dtype::F32, vec![always_on.len()], f32_bytes(always_on)));
     let csrs = [
         ("pairs", &parts.pairs),
         ("history", &parts.history),
@@ -288,6 +291,7 @@ pub fn load(path: &Path) -> Result<Bundle> {
         } else {
             PairWeights::default()
         },
+        ease_always_on: if found >= 4 { f32s("ease_always_on")?.1 } else { Vec::new() },
         emb_in: matrix("emb_in")?,
         emb_out: matrix("emb_out")?,
         n_orders: manifest.n_orders,

@@ -6,6 +6,11 @@
 //! count). `B[i, j]` is how much having `i` in a basket predicts `j`, with the other basket
 //! items explained away, which is what separates it from raw co-occurrence.
 //!
+//! Like any regression it has an intercept: an always-on input (a basket column of ones) whose
+//! weights are each item's base rate, regularized like an item and never a target. Without
+//! it, the item weights must carry the base rates too; with it, they say only what the basket
+//! adds (on the groceries log this ranked validation targets better at every λ).
+//!
 //! Higher-order EASE adds the most co-bought item *pairs* as extra inputs ("both `a` and `b`
 //! are in the basket"), so a pair can predict what neither item predicts alone. Each target
 //! `j` is its own ridge regression over the items and pairs, with `j` itself and every pair
@@ -36,7 +41,10 @@ pub const LAMBDA_GRID: [f64; 5] = [0.1, 0.3, 1.0, 3.0, 10.0];
 /// Candidate pair regularizations, in the same unit as [`LAMBDA_GRID`].
 pub const PAIR_LAMBDA_GRID: [f64; 4] = [10.0, 3.0, 1.0, 0.3];
 
-/// EASE weights over the covered items and pairs.
+/// Layout of every Gram and inverse here: the `m` covered items, then the always-on input at
+/// position `m`, then the pairs at `m + 1 + q`.
+///
+/// EASE weights over the covered items, the always-on input and the pairs.
 #[derive(Debug, Clone)]
 pub struct Ease {
     /// The item regularization used, as a multiple of the mean item Gram diagonal.
@@ -47,8 +55,8 @@ pub struct Ease {
     pub pair_alpha: f64,
     /// The pairs, as covered-item positions `(a, b)`, `a < b`.
     pub pairs: Vec<(u32, u32)>,
-    /// `b[r, c]`: the weight of input `r` (a covered item, or pair `r − m`) for the covered
-    /// item `c` (zero where `r` is `c` or a pair holding `c`).
+    /// `b[r, c]`: the weight of input `r` (a covered item, the always-on input `m`, or pair
+    /// `r − m − 1`) for the covered item `c` (zero where `r` is `c` or a pair holding `c`).
     pub b: Array2<f32>,
 }
 
@@ -100,16 +108,21 @@ struct Solved {
 }
 
 impl Solved {
-    /// `(G + Λ)⁻¹` of an extended Gram (`m` items, then `pairs`), λ on the items' diagonal
-    /// and `pair_lambda` on the pairs'.
+    /// `(G + Λ)⁻¹` of an extended Gram (`m` items, the always-on input, then `pairs`), λ on
+    /// the items' and the always-on input's diagonal and `pair_lambda` on the pairs'.
     fn new(gram: &Array2<f32>, m: usize, pairs: &[(u32, u32)], lambda: f64, pair_lambda: f64) -> Result<Self> {
-        if gram.nrows() != m + pairs.len() {
-            return Err(TrainError::Tensor(format!("a Gram of {} rows for {m} items and {} pairs", gram.nrows(), pairs.len())));
+        if gram.nrows() != m + 1 + pairs.len() {
+            return Err(TrainError::Tensor(format!(
+                "a Gram of {} rows for {m} items, the always-on input and {} pairs",
+                gram.nrows(),
+                pairs.len()
+            )));
         }
-        Self::with_inverse(regularized_inverse(gram, m, lambda, pair_lambda)?, m, pairs, lambda)
+        Self::with_inverse(regularized_inverse(gram, m + 1, lambda, pair_lambda)?, m, pairs, lambda)
     }
 
-    /// Like [`Solved::new`], from the items' regularized inverse `ai` = `(G_items + λI)⁻¹` and
+    /// Like [`Solved::new`], from the inputs' (items and always-on) regularized inverse
+    /// `ai` = `(G_inputs + λI)⁻¹` and
     /// the pairs' Gram rows `[C | D]`, by the Schur complement `S = D + λ_p I − C · ai · Cᵀ`:
     /// `P = [[ai + K S⁻¹ Kᵀ, −K S⁻¹], [−S⁻¹ Kᵀ, S⁻¹]]` with `K = ai · Cᵀ` (given, it depends
     /// only on the pairs). A new pair λ then costs matrix products, not a new inverse.
@@ -121,6 +134,7 @@ impl Solved {
         lambda: f64,
         pair_lambda: f64,
     ) -> Result<Self> {
+        // `m` here counts the always-on input with the items
         let (m, n_pairs) = (ai.nrows(), pairs.len());
         let c = pair_gram.slice(s![.., ..m]).mapv(f64::from);
         let mut schur = pair_gram.slice(s![.., m..]).mapv(f64::from);
@@ -134,15 +148,16 @@ impl Solved {
         p.slice_mut(s![..m, m..]).assign(&(-&k_si));
         p.slice_mut(s![m.., ..m]).assign(&(-&k_si.t()));
         p.slice_mut(s![m.., m..]).assign(&schur);
-        Self::with_inverse(p, m, pairs, lambda)
+        Self::with_inverse(p, m - 1, pairs, lambda)
     }
 
-    /// The constrained columns over an extended inverse `p` (`m` items, then `pairs`).
+    /// The constrained columns over an extended inverse `p` (`m` items, the always-on input,
+    /// then `pairs`).
     fn with_inverse(p: Array2<f64>, m: usize, pairs: &[(u32, u32)], lambda: f64) -> Result<Self> {
         let mut constrained: Vec<Vec<usize>> = (0..m).map(|j| vec![j]).collect();
         for (q, &(a, b)) in pairs.iter().enumerate() {
-            constrained[a as usize].push(m + q);
-            constrained[b as usize].push(m + q);
+            constrained[a as usize].push(m + 1 + q);
+            constrained[b as usize].push(m + 1 + q);
         }
         let cols = constrained
             .into_par_iter()
@@ -177,7 +192,7 @@ impl Solved {
     }
 }
 
-/// `(G + Λ)⁻¹` in f64: λ added to the first `m` (the items') diagonal entries, `pair_lambda`
+/// `(G + Λ)⁻¹` in f64: λ added to the first `m` (the inputs') diagonal entries, `pair_lambda`
 /// to the rest.
 fn regularized_inverse(gram: &Array2<f32>, m: usize, lambda: f64, pair_lambda: f64) -> Result<Array2<f64>> {
     let mut p = gram.mapv(f64::from);
@@ -188,7 +203,7 @@ fn regularized_inverse(gram: &Array2<f32>, m: usize, lambda: f64, pair_lambda: f
     Ok(p)
 }
 
-/// Fits EASE on an extended Gram (`m` items, then `pairs`) with item λ = `alpha` × and pair
+/// Fits EASE on an extended Gram (`m` items, the always-on input, then `pairs`) with item λ = `alpha` × and pair
 /// λ = `pair_alpha` × [`diagonal_scale`].
 pub fn fit(gram: &Array2<f32>, m: usize, pairs: &[(u32, u32)], alpha: f64, pair_alpha: f64) -> Result<Ease> {
     let scale = diagonal_scale(gram, m);
@@ -202,10 +217,10 @@ pub fn diagonal_scale(gram: &Array2<f32>, m: usize) -> f64 {
     (gram.diag().iter().take(m).map(|&v| f64::from(v)).sum::<f64>() / m.max(1) as f64).max(1.0)
 }
 
-/// The leading `rows` items and the chosen pairs `pair_rows` (indices into the pairs) of an
-/// extended Gram with `m` items.
+/// The leading `rows` items, the always-on input and the chosen pairs `pair_rows` (indices
+/// into the pairs) of an extended Gram with `m` items.
 fn sub_gram(gram: &Array2<f32>, m: usize, rows: usize, pair_rows: &[usize]) -> Array2<f32> {
-    let idx: Vec<usize> = (0..rows).chain(pair_rows.iter().map(|&q| m + q)).collect();
+    let idx: Vec<usize> = (0..rows).chain([m]).chain(pair_rows.iter().map(|&q| m + 1 + q)).collect();
     gram.select(Axis(0), &idx).select(Axis(1), &idx)
 }
 
@@ -218,7 +233,7 @@ fn restrict(queries: &[PosQuery], n: usize) -> Vec<PosQuery> {
 }
 
 /// Chooses the regularization on the leading `search_items` block of an extended Gram (`m`
-/// items, then `pairs`, most co-bought first), so the cubic cost stays bounded. First the item
+/// items, the always-on input, then `pairs`, most co-bought first), so the cubic cost stays bounded. First the item
 /// λ of [`LAMBDA_GRID`] with the best hit@10 + mrr@20 on `queries` for plain EASE (ties: the
 /// larger λ). Then, with that λ and on the leading [`PAIR_SEARCH_ITEMS`], plain EASE against
 /// pairs within that block, simplest first (each count of `pair_counts`, each λ of
@@ -262,12 +277,12 @@ pub fn choose(
     if !counts.is_empty() {
         // the chosen items' inverse, bordered by each pair set (see `Solved::bordered`)
         let pair_queries = restrict(queries, mp);
-        let ai = regularized_inverse(&sub_gram(gram, m, mp, &[]), mp, lambda, 0.0)?;
+        let ai = regularized_inverse(&sub_gram(gram, m, mp, &[]), mp + 1, lambda, 0.0)?;
         let plain = Solved::with_inverse(ai.clone(), mp, &[], lambda)?.ease(mp, &[], alpha, 0.0);
         let (_, mut kept_judgement) = judged(plain, &pair_queries);
         for c in counts {
-            let pair_gram = sub_gram(gram, m, mp, &in_block[..c]).slice(s![mp.., ..]).to_owned();
-            let k = ai.dot(&pair_gram.slice(s![.., ..mp]).mapv(f64::from).t());
+            let pair_gram = sub_gram(gram, m, mp, &in_block[..c]).slice(s![mp + 1.., ..]).to_owned();
+            let k = ai.dot(&pair_gram.slice(s![.., ..mp + 1]).mapv(f64::from).t());
             let sub_pairs: Vec<(u32, u32)> = in_block[..c].iter().map(|&q| pairs[q]).collect();
             for &pair_alpha in &PAIR_LAMBDA_GRID {
                 let solved = Solved::bordered(&ai, &k, &pair_gram, &sub_pairs, lambda, pair_alpha * sub_scale)?;
@@ -308,12 +323,12 @@ pub fn judge(ease: &Ease, queries: &[PosQuery]) -> Judgement {
     let positions: Vec<Option<usize>> = queries
         .par_iter()
         .map(|(basket, target)| {
-            let mut score = Array1::<f32>::zeros(m);
+            let mut score = ease.b.row(m).to_owned();
             for &a in basket {
                 score += &ease.b.row(a);
                 for &(b, q) in &partners[a] {
                     if basket.contains(&(b as usize)) {
-                        score += &ease.b.row(m + q as usize);
+                        score += &ease.b.row(m + 1 + q as usize);
                     }
                 }
             }
@@ -334,6 +349,8 @@ pub struct SparseEase {
     pub items: Csr,
     /// The pairs in item space, with the strongest `keep` weights of each.
     pub pairs: PairWeights,
+    /// The always-on input's weight of every item (its base rate; 0 where not covered).
+    pub always_on: Vec<f32>,
     /// The item λ.
     pub lambda: f64,
 }
@@ -353,8 +370,13 @@ pub fn fit_sparse(
     let m = items.len();
     let scale = diagonal_scale(gram, m);
     let solved = Solved::new(gram, m, pairs, alpha * scale, pair_alpha * scale)?;
-    let mut rows = strongest(m + pairs.len(), m, |r, c| solved.weight(r, c), items, keep);
+    let inputs: Vec<usize> = (0..m).chain(m + 1..m + 1 + pairs.len()).collect();
+    let mut rows = strongest(&inputs, m, |r, c| solved.weight(r, c), items, keep);
     let pair_rows = rows.split_off(m);
+    let mut always_on = vec![0f32; n_items];
+    for (c, &i) in items.iter().enumerate() {
+        always_on[i as usize] = solved.weight(m, c);
+    }
     let mut item_rows = vec![Vec::new(); n_items];
     for (a, r) in rows.into_iter().enumerate() {
         item_rows[items[a] as usize] = r;
@@ -363,15 +385,14 @@ pub fn fit_sparse(
         pairs: pairs.iter().map(|&(a, b)| (items[a as usize].min(items[b as usize]), items[a as usize].max(items[b as usize]))).collect(),
         weights: Csr::from_rows(pair_rows),
     };
-    Ok(SparseEase { items: Csr::from_rows(item_rows), pairs, lambda: solved.lambda })
+    Ok(SparseEase { items: Csr::from_rows(item_rows), pairs, always_on, lambda: solved.lambda })
 }
 
-/// The strongest `keep` weights (by magnitude) of each of `rows` rows over `m` covered
-/// columns, as `(item, weight)`; `items[c]` is the item of covered position `c`.
-fn strongest(rows: usize, m: usize, weight: impl Fn(usize, usize) -> f32 + Sync, items: &[ItemIx], keep: usize) -> Vec<Vec<(u32, f32)>> {
-    (0..rows)
-        .into_par_iter()
-        .map(|a| {
+/// The strongest `keep` weights (by magnitude) of each of the input rows `rows` over `m`
+/// covered columns, as `(item, weight)`; `items[c]` is the item of covered position `c`.
+fn strongest(rows: &[usize], m: usize, weight: impl Fn(usize, usize) -> f32 + Sync, items: &[ItemIx], keep: usize) -> Vec<Vec<(u32, f32)>> {
+    rows.par_iter()
+        .map(|&a| {
             let mut r: Vec<(u32, f32)> = (0..m).map(|c| (items[c], weight(a, c))).filter(|(_, v)| *v != 0.0).collect();
             if r.len() > keep {
                 r.select_nth_unstable_by(keep, |x, y| y.1.abs().total_cmp(&x.1.abs()).then(x.0.cmp(&y.0)));
@@ -482,28 +503,34 @@ mod tests {
 
     #[test]
     fn ease_matches_its_closed_form_and_keeps_the_strongest_weights() {
-        // three items: 0 and 1 always together, 2 alone
-        let gram = ndarray::arr2(&[[10.0f32, 8.0, 1.0], [8.0, 9.0, 1.0], [1.0, 1.0, 5.0]]);
+        // three items over 20 orders: 0 and 1 mostly together, 2 alone; then the always-on input
+        let gram = ndarray::arr2(&[[10.0f32, 8.0, 1.0, 10.0], [8.0, 9.0, 1.0, 9.0], [1.0, 1.0, 5.0, 5.0], [10.0, 9.0, 5.0, 20.0]]);
         let ease = fit(&gram, 3, &[], 0.5, 0.0).unwrap();
-        let lambda = 0.5 * 8.0; // 0.5 × the mean diagonal
+        let lambda = 0.5 * 8.0; // 0.5 × the items' mean diagonal
         assert!((ease.lambda - lambda).abs() < 1e-12);
-        let mut p = gram.mapv(f64::from) + Array2::<f64>::eye(3) * lambda;
+        let mut p = gram.mapv(f64::from) + Array2::<f64>::eye(4) * lambda;
         spd_inverse(&mut p).unwrap();
-        for a in 0..3 {
-            assert_eq!(ease.b[[a, a]], 0.0);
-            for c in (0..3).filter(|&c| c != a) {
+        for c in 0..3 {
+            assert_eq!(ease.b[[c, c]], 0.0);
+            for a in (0..4).filter(|&a| a != c) {
                 assert!((f64::from(ease.b[[a, c]]) + p[[a, c]] / p[[c, c]]).abs() < 1e-6);
             }
         }
         assert!(ease.b[[0, 1]] > ease.b[[0, 2]], "the pair bought together weighs more");
+        assert!(ease.b[[3, 2]] > 0.0, "item 2's base rate: it sells without the others");
         let sparse = fit_sparse(&gram, &[], 0.5, 0.0, &[4, 0, 2], 5, 1).unwrap();
         assert_eq!(sparse.items.row(4), (&[0u32][..], &[ease.b[[0, 1]]][..]), "row of item 4 keeps its strongest weight, to item 0");
         assert!(sparse.items.row(1).0.is_empty() && sparse.items.n_rows() == 5 && sparse.pairs.pairs.is_empty());
+        assert_eq!(
+            sparse.always_on,
+            [ease.b[[3, 1]], 0.0, ease.b[[3, 2]], 0.0, ease.b[[3, 0]]],
+            "every covered item's base rate, in item space"
+        );
         assert_eq!(sparse.lambda, ease.lambda);
     }
 
     /// Orders over 6 items where item 4 comes with the *pair* (0, 1) and item 5 with exactly one
-    /// of 0 and 1: rows of X, and Z = the pair columns of `pairs`.
+    /// of 0 and 1: rows of X, and [1 | Z], the always-on column and the pair columns of `pairs`.
     fn pair_log(pairs: &[(u32, u32)]) -> (Array2<f64>, Array2<f64>) {
         let mut state = 12345u64;
         let mut bit = |p: u64| {
@@ -519,7 +546,10 @@ mod tests {
             o[4] = f64::from(u8::from(if o[0] * o[1] > 0.0 { bit(90) } else { bit(10) }));
             o[5] = f64::from(u8::from(if o[0] + o[1] == 1.0 { bit(90) } else { bit(10) }));
         }
-        let z = Array2::from_shape_fn((x.nrows(), pairs.len()), |(o, q)| x[[o, pairs[q].0 as usize]] * x[[o, pairs[q].1 as usize]]);
+        let z = Array2::from_shape_fn((x.nrows(), 1 + pairs.len()), |(o, q)| match q {
+            0 => 1.0,
+            q => x[[o, pairs[q - 1].0 as usize]] * x[[o, pairs[q - 1].1 as usize]],
+        });
         (x, z)
     }
 
@@ -529,18 +559,19 @@ mod tests {
         let (x, z) = pair_log(&pairs);
         let y = ndarray::concatenate![Axis(1), x, z];
         let g = y.t().dot(&y);
-        let (m, n) = (6, 9);
+        let (m, n) = (6, 10);
         let ease = fit(&g.mapv(|v| v as f32), m, &pairs, 0.5, 0.1).unwrap();
         let scale = (0..m).map(|i| g[[i, i]]).sum::<f64>() / m as f64;
         assert!((ease.lambda - 0.5 * scale).abs() < 1e-9);
+        let pair_holds = |r: usize, j: usize| r > m && [pairs[r - m - 1].0, pairs[r - m - 1].1].contains(&(j as u32));
         for j in 0..m {
-            // the regression for target j, straight: inputs other than j and pairs holding it
-            let keep: Vec<usize> =
-                (0..n).filter(|&r| r != j && (r < m || ![pairs[r - m].0, pairs[r - m].1].contains(&(j as u32)))).collect();
+            // the regression for target j, straight: inputs (the always-on one included) other
+            // than j and pairs holding it
+            let keep: Vec<usize> = (0..n).filter(|&r| r != j && !pair_holds(r, j)).collect();
             let yk = y.select(Axis(1), &keep);
             let mut a = yk.t().dot(&yk);
             for (k, &r) in keep.iter().enumerate() {
-                a[[k, k]] += if r < m { 0.5 * scale } else { 0.1 * scale };
+                a[[k, k]] += if r <= m { 0.5 * scale } else { 0.1 * scale };
             }
             spd_inverse(&mut a).unwrap();
             let w = a.dot(&yk.t().dot(&x.column(j)));
@@ -549,22 +580,22 @@ mod tests {
                 assert!((f64::from(ease.b[[r, j]]) - direct).abs() < 1e-4, "b[{r}, {j}] = {} vs {direct}", ease.b[[r, j]]);
             }
         }
-        assert!(ease.b[[m, 4]] > 0.3, "the pair (0, 1) predicts item 4: {}", ease.b[[m, 4]]);
-        // the bordered inverse (items' inverse + Schur complement) is the same inverse
+        assert!(ease.b[[m + 1, 4]] > 0.3, "the pair (0, 1) predicts item 4: {}", ease.b[[m + 1, 4]]);
+        // the bordered inverse (inputs' inverse + Schur complement) is the same inverse
         let g32 = g.mapv(|v| v as f32);
         let direct = Solved::new(&g32, m, &pairs, ease.lambda, 7.0).unwrap();
-        let mut ai = g.slice(s![..m, ..m]).to_owned();
+        let mut ai = g.slice(s![..=m, ..=m]).to_owned();
         ai.diag_mut().mapv_inplace(|v| v + ease.lambda);
         spd_inverse(&mut ai).unwrap();
-        let k = ai.dot(&g.slice(s![m.., ..m]).t());
-        let bordered = Solved::bordered(&ai, &k, &g32.slice(s![m.., ..]).to_owned(), &pairs, ease.lambda, 7.0).unwrap();
+        let k = ai.dot(&g.slice(s![m + 1.., ..=m]).t());
+        let bordered = Solved::bordered(&ai, &k, &g32.slice(s![m + 1.., ..]).to_owned(), &pairs, ease.lambda, 7.0).unwrap();
         let err = (&direct.p - &bordered.p).iter().fold(0f64, |e, v| e.max(v.abs()));
         assert!(err < 1e-9, "max |P − P_bordered| = {err}");
         // the served form: pair rows in item space, scored only when both items are present
         let sparse = fit_sparse(&g.mapv(|v| v as f32), &pairs, 0.5, 0.1, &[5, 4, 3, 2, 1, 0], 6, 6).unwrap();
         assert_eq!(sparse.pairs.pairs, [(4, 5), (2, 3), (1, 5)]);
-        assert!((sparse.pairs.weights.get(0, 1) - ease.b[[m, 4]]).abs() < 1e-6);
-        let plain = fit(&g.mapv(|v| v as f32).slice(s![..m, ..m]).to_owned(), m, &[], 0.5, 0.0).unwrap();
+        assert!((sparse.pairs.weights.get(0, 1) - ease.b[[m + 1, 4]]).abs() < 1e-6);
+        let plain = fit(&g.mapv(|v| v as f32).slice(s![..=m, ..=m]).to_owned(), m, &[], 0.5, 0.0).unwrap();
         let q: Vec<PosQuery> = vec![(vec![0, 1], Some(4)), (vec![0], Some(5))];
         let (pj, hj) = (judge(&plain, &q), judge(&ease, &q));
         assert_eq!(hj.outcome, [2.0, 2.0], "with pairs: 4 first for the pair, 5 first for one of it");

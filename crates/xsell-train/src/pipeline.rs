@@ -162,6 +162,7 @@ fn build(log: &OrderLog, agg: &Aggregates, cfg: &TrainConfig, ranker: Ranker, pr
         since,
         ease: Csr::from_rows(vec![Vec::new(); n_items]),
         ease_pairs: Default::default(),
+        ease_always_on: Vec::new(),
         emb_in,
         emb_out,
         n_orders: agg.n_orders as f32,
@@ -211,11 +212,12 @@ fn fit_ease(
     };
     // the chosen count of the most co-bought pairs (fewer when this Gram has fewer)
     let used = setting.pairs.min(pairs.len());
-    let gram = if used == pairs.len() { gram } else { gram.slice(s![..m + used, ..m + used]).to_owned() };
+    let gram = if used == pairs.len() { gram } else { gram.slice(s![..m + 1 + used, ..m + 1 + used]).to_owned() };
     let fitted =
         ease::fit_sparse(&gram, &pairs[..used], setting.alpha, setting.pair_alpha, &items, parts.items.ids.len(), cfg.max_neighbours)?;
     parts.ease = fitted.items;
     parts.ease_pairs = fitted.pairs;
+    parts.ease_always_on = fitted.always_on;
     let EaseSetting { alpha, pair_alpha, .. } = setting;
     Ok(Some(EaseReport { items: m, alpha, lambda: fitted.lambda, pairs: used, pair_alpha, trials }))
 }
