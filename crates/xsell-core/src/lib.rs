@@ -21,7 +21,7 @@ pub use aggregate::Aggregates;
 pub use csr::Csr;
 pub use error::{Error, Result};
 pub use log::{Catalog, LogBuilder, LogLine, Order, OrderLog, ReturnLine};
-pub use model::{CrossSellModel, RankQuery, RankedItem, Ranking, Touchpoint};
+pub use model::{CrossSellModel, RankQuery, RankedItem, Ranking, Suppression, Touchpoint};
 
 /// Index of an item in a catalog (`Catalog::ids[ix]`).
 pub type ItemIx = u32;

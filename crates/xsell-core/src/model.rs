@@ -438,7 +438,24 @@ pub struct Ranking {
     /// Basket items the model has never seen.
     pub unknown_items: Vec<String>,
     /// Set when every offer was withheld on purpose, with the reason.
-    pub suppressed: Option<String>,
+    pub suppressed: Option<Suppression>,
+}
+
+/// Why every offer of a ranking was withheld on purpose. A code the client can branch on; it
+/// never carries the customer's personal figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suppression {
+    /// The customer habitually returns goods (their return rate passed the policy's threshold).
+    ReturnRisk,
+}
+
+impl Suppression {
+    /// A short text for people, without personal figures.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Suppression::ReturnRisk => "offers withheld: this customer's return risk is above the policy's threshold",
+        }
+    }
 }
 
 /// A validated model, ready to rank.
@@ -693,7 +710,7 @@ impl CrossSellModel {
             let c = c as usize;
             let rate = p.customers.return_rate[c];
             if rate >= p.policy.return_suppress_rate && p.customer_lines[c] >= p.policy.return_suppress_min_lines {
-                out.suppressed = Some(format!("customer returns {:.0}% of purchases", rate * 100.0));
+                out.suppressed = Some(Suppression::ReturnRisk);
                 return Ok(out);
             }
         }

@@ -224,7 +224,7 @@ fn ranking_applies_filters_thresholds_and_cold_start() {
     let r = m.rank(&RankQuery { touchpoint: Touchpoint::Checkout, ..q(&["card"], 10) }).unwrap();
     assert!(r.items.len() <= 3 && ids(&m, &r).iter().all(|i| i == "cable"), "checkout offers are cheap: {:?}", ids(&m, &r));
     let r = m.rank(&RankQuery { customer_id: Some("returner".into()), ..q(&["cam1"], 3) }).unwrap();
-    assert!(r.items.is_empty() && r.suppressed.is_some(), "habitual returners get no push");
+    assert!(r.items.is_empty() && r.suppressed == Some(crate::Suppression::ReturnRisk), "habitual returners get no push");
     let r = m.rank(&RankQuery { customer_id: Some("loyal".into()), ..q(&["card"], 3) }).unwrap();
     assert!(r.customer_known);
 }
