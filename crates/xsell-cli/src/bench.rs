@@ -29,6 +29,28 @@ pub struct BenchArgs {
     requests: usize,
 }
 
+/// Ranking queries made from a bundle (seeded): a random item with up to three of its
+/// co-purchase neighbours, half of them for a random known customer.
+pub fn generated_queries(model: &xsell_core::CrossSellModel, n: usize, k: usize) -> Vec<RankQuery> {
+    let parts = model.parts();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let n_items = model.n_items();
+    let n_customers = parts.customers.ids.len();
+    (0..n)
+        .map(|_| {
+            let i = rng.random_range(0..n_items);
+            let mut basket = vec![parts.items.ids[i].clone()];
+            let (cols, _) = parts.pairs.row(i);
+            for &j in cols.iter().take(rng.random_range(0..4)) {
+                basket.push(parts.items.ids[j as usize].clone());
+            }
+            let customer_id =
+                (n_customers > 0 && rng.random_bool(0.5)).then(|| parts.customers.ids[rng.random_range(0..n_customers)].clone());
+            RankQuery { customer_id, basket, k, ..Default::default() }
+        })
+        .collect()
+}
+
 /// Peak resident memory of this process in MiB (Linux `VmHWM`).
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -56,23 +78,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     let bundle = xsell_model::load_latest(&model_dir)?;
     let model = &bundle.model;
-    let parts = model.parts();
-    let mut rng = ChaCha8Rng::seed_from_u64(1);
     let n_items = model.n_items();
-    let n_customers = parts.customers.ids.len();
-    let queries: Vec<RankQuery> = (0..a.requests.max(1))
-        .map(|_| {
-            let i = rng.random_range(0..n_items);
-            let mut basket = vec![parts.items.ids[i].clone()];
-            let (cols, _) = parts.pairs.row(i);
-            for &j in cols.iter().take(rng.random_range(0..4)) {
-                basket.push(parts.items.ids[j as usize].clone());
-            }
-            let customer_id =
-                (n_customers > 0 && rng.random_bool(0.5)).then(|| parts.customers.ids[rng.random_range(0..n_customers)].clone());
-            RankQuery { customer_id, basket, k: 10, ..Default::default() }
-        })
-        .collect();
+    let queries = generated_queries(model, a.requests.max(1), 10);
     let mut lat: Vec<f64> = Vec::with_capacity(queries.len());
     let start = Instant::now();
     for q in &queries {

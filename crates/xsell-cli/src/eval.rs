@@ -207,30 +207,42 @@ fn local(model: &CrossSellModel, queries: &[Query]) -> anyhow::Result<Lists> {
 }
 
 fn remote(server: &str, queries: &[Query]) -> anyhow::Result<(String, Lists)> {
-    use xsell_proto::v1::cross_sell_client::CrossSellClient;
-    use xsell_proto::v1::{ModelInfoRequest, RankBatchRequest, RankRequest};
-    let url = if server.contains("://") { server.to_owned() } else { format!("http://{server}") };
+    use xsell_proto::v1::ModelInfoRequest;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
-        let channel =
-            tonic::transport::Endpoint::from_shared(url.clone())?.connect().await.with_context(|| format!("connecting to {url}"))?;
-        let mut client = CrossSellClient::new(channel);
-        client = client.max_decoding_message_size(64 << 20);
-        let info = client.model_info(ModelInfoRequest {}).await?.into_inner();
+        let mut client = crate::client::connect(server).await?;
+        let info = client.model_info(crate::client::authed(ModelInfoRequest {})).await?.into_inner();
         tracing::info!(model = %info.name, version = %info.version, "replaying queries over gRPC");
         let mut lists = Vec::with_capacity(queries.len());
-        for chunk in queries.chunks(500) {
-            let requests = chunk
-                .iter()
-                .map(|q| RankRequest { customer_id: q.customer_id.clone(), basket: q.basket.clone(), k: 20, ..Default::default() })
-                .collect();
-            let resp = client.rank_batch(RankBatchRequest { requests }).await?.into_inner();
-            for r in resp.responses {
-                lists.push((r.items.iter().map(|i| i.item_id.clone()).collect(), Some(r.items.iter().map(|i| i.probability).collect())));
-            }
+        for chunk in queries.chunks(200) {
+            rank_chunk(&mut client, chunk, &mut lists).await?;
         }
         Ok((info.version, lists))
     })
+}
+
+/// Ranks a chunk of queries in one `RankBatch`; a chunk the server finds too costly
+/// (RESOURCE_EXHAUSTED: its work budget) is split in halves.
+async fn rank_chunk(client: &mut crate::client::Client, chunk: &[Query], lists: &mut Lists) -> anyhow::Result<()> {
+    use xsell_proto::v1::{RankBatchRequest, RankRequest};
+    let requests = chunk
+        .iter()
+        .map(|q| RankRequest { customer_id: q.customer_id.clone(), basket: q.basket.clone(), k: 20, ..Default::default() })
+        .collect();
+    match client.rank_batch(crate::client::authed(RankBatchRequest { requests })).await {
+        Ok(resp) => {
+            for r in resp.into_inner().responses {
+                lists.push((r.items.iter().map(|i| i.item_id.clone()).collect(), Some(r.items.iter().map(|i| i.probability).collect())));
+            }
+            Ok(())
+        }
+        Err(s) if s.code() == tonic::Code::ResourceExhausted && chunk.len() > 1 => {
+            let (a, b) = chunk.split_at(chunk.len() / 2);
+            Box::pin(rank_chunk(client, a, lists)).await?;
+            Box::pin(rank_chunk(client, b, lists)).await
+        }
+        Err(s) => Err(s.into()),
+    }
 }
 
 /// Facts from the training period that the cross-sell specific metrics need.

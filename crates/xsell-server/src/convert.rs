@@ -1,7 +1,7 @@
 //! Protobuf ⇄ core conversions, and core errors → gRPC status.
 
 use tonic::Status;
-use xsell_core::{RankQuery, Ranking, Touchpoint};
+use xsell_core::{RankQuery, Ranking, Suppression, Touchpoint};
 use xsell_model::Bundle;
 use xsell_proto::v1;
 
@@ -75,13 +75,20 @@ pub fn response(bundle: &Bundle, ranking: Ranking, request_id: String) -> v1::Ra
         request_id,
         customer_known: ranking.customer_known,
         unknown_items: ranking.unknown_items,
-        suppressed_reason: ranking.suppressed.unwrap_or_default(),
+        suppressed_reason: ranking.suppressed.map(|s| s.describe().to_owned()).unwrap_or_default(),
+        suppression: match ranking.suppressed {
+            None => v1::Suppression::None,
+            Some(Suppression::ReturnRisk) => v1::Suppression::ReturnRisk,
+        } as i32,
     }
 }
 
-/// The model description.
+/// The model description. It holds no filesystem path: the training input is named by its
+/// file name alone (the server's callers need not know the trainer's disk layout).
 pub fn model_info(bundle: &Bundle) -> v1::ModelInfoResponse {
-    let m = &bundle.manifest;
+    let mut m = bundle.manifest.clone();
+    m.input.source = std::path::Path::new(&m.input.source).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let m = &m;
     v1::ModelInfoResponse {
         name: m.name.clone(),
         version: m.version.clone(),

@@ -1,54 +1,222 @@
-//! The `CrossSell` service.
+//! The `CrossSell` service: admission and budgets on the I/O thread, ranking on the pool.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use tokio::sync::{mpsc, watch};
 use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Request, Response, Status, Streaming};
 use xsell_proto::v1;
 use xsell_proto::v1::cross_sell_server::CrossSell;
 
-use crate::ModelStore;
-use crate::convert;
+use crate::compute::{Admission, Cancel, Compute, Lane};
+use crate::config::Limits;
+use crate::metrics::Metrics;
+use crate::store::Served;
+use crate::{ModelStore, convert};
 
-/// Most requests in one `RankBatch` call.
-pub const MAX_BATCH: usize = 10_000;
+/// Longest caller-chosen `request_id`, in bytes.
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// Work units of one request: the catalog × (basket + features) score matrix ranking fills.
+pub fn request_work(n_items: usize, basket: usize) -> u64 {
+    n_items as u64 * (basket as u64 + xsell_core::model::FEATURES.len() as u64)
+}
 
 /// Implements `xsell.v1.CrossSell` over a [`ModelStore`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CrossSellService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     store: Arc<ModelStore>,
+    compute: Compute,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    read_ahead: usize,
+    /// Becomes true when the shutdown grace period is over: open streams end.
+    close_streams: watch::Receiver<bool>,
     next_id: AtomicU64,
     boot: u64,
 }
 
+/// Counts a call in flight while alive.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn new(m: &'a Metrics) -> Self {
+        m.calls_in_flight.inc();
+        InFlight(m)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.calls_in_flight.dec();
+    }
+}
+
+/// The deadline a client set with `grpc-timeout` (tonic also drops the call's future then; the
+/// ranking pool and streams check it themselves).
+fn deadline(meta: &MetadataMap) -> Option<Instant> {
+    let v = meta.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let d = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Instant::now().checked_add(d)
+}
+
+fn code<T>(r: &Result<T, Status>) -> Code {
+    r.as_ref().map_or_else(|s| s.code(), |_| Code::Ok)
+}
+
+/// A request checked on the I/O thread: valid id, within the work budget.
+struct Checked {
+    req: v1::RankRequest,
+    work: u64,
+}
+
 impl CrossSellService {
-    /// A service over a store.
-    pub fn new(store: Arc<ModelStore>) -> Self {
+    /// A service over a store, ranking on `compute`.
+    pub(crate) fn new(
+        store: Arc<ModelStore>,
+        compute: Compute,
+        metrics: Arc<Metrics>,
+        limits: Limits,
+        read_ahead: usize,
+        close_streams: watch::Receiver<bool>,
+    ) -> Self {
         let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        CrossSellService { store, next_id: AtomicU64::new(1), boot }
+        CrossSellService {
+            inner: Arc::new(Inner { store, compute, metrics, limits, read_ahead, close_streams, next_id: AtomicU64::new(1), boot }),
+        }
+    }
+}
+
+impl Inner {
+    fn model(&self) -> Result<Arc<Served>, Status> {
+        self.store.current().ok_or_else(|| Status::unavailable("no model is loaded yet; retry once health reports SERVING"))
     }
 
-    fn rank_one(&self, req: &v1::RankRequest) -> Result<v1::RankResponse, Status> {
-        let query = convert::query(req)?;
+    /// Cheap checks that need no ranking: the request id and the work budget.
+    fn check(&self, served: &Served, req: v1::RankRequest) -> Result<Checked, Status> {
+        if req.request_id.len() > MAX_REQUEST_ID {
+            return Err(Status::invalid_argument(format!(
+                "request_id is {} bytes long, at most {MAX_REQUEST_ID} are accepted",
+                req.request_id.len()
+            )));
+        }
+        if req.request_id.chars().any(char::is_control) {
+            return Err(Status::invalid_argument("request_id holds control characters"));
+        }
+        let work = request_work(served.bundle.model.n_items(), req.basket.len());
+        if work > self.limits.max_request_work {
+            return Err(Status::resource_exhausted(format!(
+                "the request costs {work} work units (catalog items × (basket items + 16)), over limits.max_request_work = {}; send a smaller basket",
+                self.limits.max_request_work
+            )));
+        }
+        Ok(Checked { req, work })
+    }
+
+    /// Ranks one checked request (on the pool).
+    fn rank_one(&self, served: &Served, checked: Checked) -> Result<v1::RankResponse, Status> {
+        let req = checked.req;
+        let query = convert::query(&req)?;
         let request_id = if req.request_id.is_empty() {
             format!("{:x}-{:x}", self.boot, self.next_id.fetch_add(1, Ordering::Relaxed))
         } else {
-            req.request_id.clone()
+            req.request_id
         };
-        let bundle = self.store.current();
-        let ranking = bundle.model.rank(&query).map_err(convert::core_status)?;
-        let resp = convert::response(&bundle, ranking, request_id);
-        // every offer shown is logged so conversions can be attributed later
-        tracing::info!(
-            request_id = %resp.request_id,
-            model_version = %resp.model_version,
-            offers = ?resp.items.iter().map(|i| (i.item_id.as_str(), i.probability)).collect::<Vec<_>>(),
-            "ranked"
-        );
+        let ranking = served.bundle.model.rank(&query).map_err(convert::core_status)?;
+        let resp = convert::response(&served.bundle, ranking, request_id);
+        self.metrics.ranked.inc();
+        tracing::debug!(request_id = ?resp.request_id, model_version = %resp.model_version, offers = resp.items.len(), "ranked");
         Ok(resp)
     }
+
+    async fn rank(
+        self: &Arc<Self>,
+        req: v1::RankRequest,
+        admission: Admission,
+        deadline: Option<Instant>,
+    ) -> Result<v1::RankResponse, Status> {
+        let served = self.model()?;
+        let checked = self.check(&served, req)?;
+        let (work, this) = (checked.work, self.clone());
+        let lane = if work > self.limits.bulk_request_work { Lane::Bulk } else { Lane::Interactive };
+        self.compute.run(lane, admission, deadline, work, move |_| this.rank_one(&served, checked)).await
+    }
+
+    async fn rank_batch(
+        self: &Arc<Self>,
+        requests: Vec<v1::RankRequest>,
+        deadline: Option<Instant>,
+    ) -> Result<v1::RankBatchResponse, Status> {
+        let l = &self.limits;
+        if requests.len() > l.max_batch {
+            return Err(Status::invalid_argument(format!(
+                "a batch holds at most {} requests (limits.max_batch), got {}",
+                l.max_batch,
+                requests.len()
+            )));
+        }
+        let offers: u64 = requests.iter().map(|r| u64::from(r.k)).sum();
+        if offers > l.max_batch_offers as u64 {
+            return Err(Status::resource_exhausted(format!(
+                "the batch asks for {offers} offers in all (the sum of its k), over limits.max_batch_offers = {}; split it",
+                l.max_batch_offers
+            )));
+        }
+        let served = self.model()?;
+        let n = served.bundle.model.n_items();
+        let work: u64 = requests.iter().map(|r| request_work(n, r.basket.len())).sum();
+        if work > l.max_batch_work {
+            return Err(Status::resource_exhausted(format!(
+                "the batch costs {work} work units, over limits.max_batch_work = {}; split it or send smaller baskets",
+                l.max_batch_work
+            )));
+        }
+        let checked =
+            requests.into_iter().enumerate().map(|(k, r)| self.check(&served, r).map_err(|s| at(k, s))).collect::<Result<Vec<_>, _>>()?;
+        let this = self.clone();
+        let job = move |cancel: &Cancel<'_>| {
+            let mut responses = Vec::with_capacity(checked.len());
+            for (k, c) in checked.into_iter().enumerate() {
+                // the deadline and the client are checked between requests, so abandoned
+                // batches stop early and free the worker
+                cancel.check()?;
+                responses.push(this.rank_one(&served, c).map_err(|s| at(k, s))?);
+            }
+            Ok(v1::RankBatchResponse { responses })
+        };
+        self.compute.run(Lane::Bulk, Admission::Shed, deadline, work, job).await
+    }
+}
+
+/// Completes when the shutdown grace period is over (never, if the server is gone without one).
+async fn closing(close: &mut watch::Receiver<bool>) {
+    if close.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A batch member's error, naming its index.
+fn at(k: usize, s: Status) -> Status {
+    Status::new(s.code(), format!("request {k}: {}", s.message()))
 }
 
 type RankStream = Pin<Box<dyn Stream<Item = Result<v1::RankResponse, Status>> + Send + 'static>>;
@@ -56,54 +224,79 @@ type RankStream = Pin<Box<dyn Stream<Item = Result<v1::RankResponse, Status>> + 
 #[tonic::async_trait]
 impl CrossSell for CrossSellService {
     async fn rank(&self, request: Request<v1::RankRequest>) -> Result<Response<v1::RankResponse>, Status> {
-        self.rank_one(request.get_ref()).map(Response::new)
+        let (started, m) = (Instant::now(), &self.inner.metrics);
+        let _g = InFlight::new(m);
+        let deadline = deadline(request.metadata());
+        let out = self.inner.rank(request.into_inner(), Admission::Shed, deadline).await;
+        m.record("Rank", code(&out), started);
+        out.map(Response::new)
     }
 
     async fn rank_batch(&self, request: Request<v1::RankBatchRequest>) -> Result<Response<v1::RankBatchResponse>, Status> {
-        let requests = &request.get_ref().requests;
-        if requests.len() > MAX_BATCH {
-            return Err(Status::invalid_argument(format!("a batch holds at most {MAX_BATCH} requests, got {}", requests.len())));
-        }
-        let responses = requests
-            .iter()
-            .enumerate()
-            .map(|(k, r)| self.rank_one(r).map_err(|s| Status::new(s.code(), format!("request {k}: {}", s.message()))))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Response::new(v1::RankBatchResponse { responses }))
+        let (started, m) = (Instant::now(), &self.inner.metrics);
+        let _g = InFlight::new(m);
+        let deadline = deadline(request.metadata());
+        let out = self.inner.rank_batch(request.into_inner().requests, deadline).await;
+        m.record("RankBatch", code(&out), started);
+        out.map(Response::new)
     }
 
     type RankStreamStream = RankStream;
 
     async fn rank_stream(&self, request: Request<Streaming<v1::RankRequest>>) -> Result<Response<RankStream>, Status> {
+        let deadline = deadline(request.metadata());
         let mut input = request.into_inner();
-        let this = CrossSellService {
-            store: self.store.clone(),
-            next_id: AtomicU64::new(self.next_id.fetch_add(1 << 32, Ordering::Relaxed)),
-            boot: self.boot,
-        };
-        let output = async_stream(move |tx| async move {
-            while let Some(req) = input.next().await {
-                let resp = req.and_then(|r| this.rank_one(&r));
-                if tx.send(resp).await.is_err() {
+        let inner = self.inner.clone();
+        // The reader drains the transport ahead of ranking (bounded), so a fast client's small
+        // frames are consumed instead of piling up against HTTP/2's anti-flood budget.
+        let (in_tx, mut in_rx) = mpsc::channel::<Result<v1::RankRequest, Status>>(inner.read_ahead);
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = input.next() => m,
+                    _ = in_tx.closed() => break,
+                };
+                let Some(msg) = msg else { break };
+                if in_tx.send(msg).await.is_err() {
                     break;
                 }
             }
         });
-        Ok(Response::new(output))
+        let (out_tx, out_rx) = mpsc::channel::<Result<v1::RankResponse, Status>>(64);
+        tokio::spawn(async move {
+            let mut close = inner.close_streams.clone();
+            loop {
+                let msg = tokio::select! {
+                    m = in_rx.recv() => m,
+                    _ = closing(&mut close) => {
+                        let _ = out_tx.send(Err(Status::unavailable("the server is shutting down; reconnect"))).await;
+                        break;
+                    }
+                };
+                let Some(msg) = msg else { break };
+                let started = Instant::now();
+                let out = match msg {
+                    Err(status) => Err(status),
+                    Ok(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                        inner.metrics.abandoned.inc();
+                        Err(Status::deadline_exceeded("the stream's deadline passed"))
+                    }
+                    Ok(req) => inner.rank(req, Admission::Wait, deadline).await,
+                };
+                inner.metrics.record("RankStream", code(&out), started);
+                let last = out.is_err();
+                if out_tx.send(out).await.is_err() || last {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out_rx))))
     }
 
     async fn model_info(&self, _: Request<v1::ModelInfoRequest>) -> Result<Response<v1::ModelInfoResponse>, Status> {
-        Ok(Response::new(convert::model_info(&self.store.current())))
+        let started = Instant::now();
+        let out = self.inner.model().map(|s| convert::model_info(&s.bundle));
+        self.inner.metrics.record("ModelInfo", code(&out), started);
+        out.map(Response::new)
     }
-}
-
-/// A stream fed by a task through a bounded channel.
-fn async_stream<F, Fut>(f: F) -> RankStream
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<v1::RankResponse, Status>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(f(tx));
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }

@@ -1,0 +1,201 @@
+//! The ranking pools: ranking is CPU work, so it runs on fixed sets of rayon threads (an
+//! interactive lane and a bulk lane), never on the async I/O threads that answer health checks
+//! and move bytes.
+//!
+//! Admission is a semaphore of `max_in_flight` permits taken before a job is queued: when it is
+//! empty the call is shed at once (RESOURCE_EXHAUSTED), so the queue in front of the pools is
+//! bounded. A call with a deadline is also shed at once when the work queued ahead of it (priced in
+//! work units at the measured cost of a unit) means it could not finish in time. A job learns that its caller is gone (deadline passed, client cancelled or
+//! disconnected: tonic drops the call's future, which closes the answer channel) through
+//! [`Cancel`], checked before the job starts and between the requests of a batch.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tonic::Status;
+
+use crate::metrics::Metrics;
+
+/// What a running job checks to learn that nobody waits for its answer any more.
+pub struct Cancel<'a> {
+    deadline: Option<Instant>,
+    closed: &'a dyn Fn() -> bool,
+}
+
+impl Cancel<'_> {
+    /// The caller's deadline passed or the caller went away.
+    pub fn is_cancelled(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d) || (self.closed)()
+    }
+
+    /// [`Cancel::is_cancelled`] as a status, for `?` in a job.
+    pub fn check(&self) -> Result<(), Status> {
+        if self.is_cancelled() { Err(gone()) } else { Ok(()) }
+    }
+}
+
+/// The status of work nobody waits for.
+fn gone() -> Status {
+    Status::deadline_exceeded("the call's deadline passed or its client went away")
+}
+
+/// Which pool a job runs on. Bulk work (batches, very large requests) has its own threads, so
+/// a small `Rank` never waits behind a batch of thousands: the operating system shares the cores
+/// between the lanes, and a woken interactive thread is scheduled at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Single requests and stream messages.
+    Interactive,
+    /// `RankBatch` calls and requests over `limits.bulk_request_work`.
+    Bulk,
+}
+
+#[derive(Debug)]
+struct Pool {
+    pool: rayon::ThreadPool,
+    threads: usize,
+    /// Work units admitted to this pool and not finished yet.
+    queued: Arc<AtomicU64>,
+}
+
+impl Pool {
+    fn new(name: &'static str, threads: usize) -> std::io::Result<Self> {
+        let threads = threads.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(move |i| format!("xsell-{name}-{i}"))
+            .build()
+            .map_err(std::io::Error::other)?;
+        Ok(Pool { pool, threads, queued: Arc::new(AtomicU64::new(0)) })
+    }
+}
+
+/// The pools and their admission control.
+#[derive(Debug)]
+pub struct Compute {
+    interactive: Pool,
+    bulk: Pool,
+    admission: Arc<Semaphore>,
+    max_in_flight: usize,
+    /// Measured nanoseconds per work unit (an f64's bits; 0 until the first job), for
+    /// deadline-aware shedding.
+    ns_per_unit: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+}
+
+/// How a call waits for admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Shed at once when the pool is full, or when the queue ahead of the call means it cannot
+    /// finish before its deadline (unary calls: the client retries elsewhere).
+    Shed,
+    /// Wait for a permit (a stream's next message: the stream itself is the back-pressure).
+    Wait,
+}
+
+impl Compute {
+    /// Pools of `threads` interactive and `bulk_threads` bulk threads admitting `max_in_flight`
+    /// jobs at once.
+    pub fn new(threads: usize, bulk_threads: usize, max_in_flight: usize, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        Ok(Compute {
+            interactive: Pool::new("rank", threads)?,
+            bulk: Pool::new("bulk", bulk_threads)?,
+            admission: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            ns_per_unit: Arc::new(AtomicU64::new(0)),
+            metrics,
+        })
+    }
+
+    fn shed(&self, why: String) -> Status {
+        self.metrics.shed.inc();
+        Status::resource_exhausted(why)
+    }
+
+    /// Runs `job` (estimated at `units` work units) on `lane` and awaits its answer. Dropping the
+    /// returned future (the client went away) lets the job notice through its [`Cancel`]; a job
+    /// not yet started is skipped.
+    pub async fn run<T, F>(&self, lane: Lane, admission: Admission, deadline: Option<Instant>, units: u64, job: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Cancel<'_>) -> Result<T, Status> + Send + 'static,
+    {
+        let permit: OwnedSemaphorePermit = match admission {
+            Admission::Shed => self.admission.clone().try_acquire_owned().map_err(|_| {
+                self.shed(format!("server busy: {} ranking calls in flight (max_in_flight); retry with back-off", self.max_in_flight))
+            })?,
+            Admission::Wait => {
+                self.admission.clone().acquire_owned().await.map_err(|_| Status::unavailable("the ranking pool is closed"))?
+            }
+        };
+        let pool = match lane {
+            Lane::Interactive => &self.interactive,
+            Lane::Bulk => &self.bulk,
+        };
+        let ns = f64::from_bits(self.ns_per_unit.load(Ordering::Relaxed));
+        if let (Admission::Shed, Some(d)) = (admission, deadline) {
+            let ahead = pool.queued.load(Ordering::Relaxed) as f64 / pool.threads as f64;
+            let wait = Duration::from_secs_f64(((ahead + units as f64) * ns * 1e-9).min(1e6));
+            if Instant::now() + wait > d {
+                return Err(self.shed(format!(
+                    "server busy: this call would not finish before its deadline (about {:.0} ms of ranking queued ahead of it and in it)",
+                    wait.as_secs_f64() * 1e3
+                )));
+            }
+        }
+        let queued = QueuedUnits::new(pool, units);
+        let (tx, rx) = oneshot::channel::<Result<T, Status>>();
+        let metrics = self.metrics.clone();
+        let ns_per_unit = self.ns_per_unit.clone();
+        pool.pool.spawn(move || {
+            let _permit = permit;
+            let _queued = queued;
+            let out = {
+                let closed = || tx.is_closed();
+                let cancel = Cancel { deadline, closed: &closed };
+                if cancel.is_cancelled() {
+                    metrics.abandoned.inc();
+                    Err(gone())
+                } else {
+                    metrics.jobs_running.inc();
+                    let started = Instant::now();
+                    let out = job(&cancel);
+                    metrics.jobs_running.dec();
+                    if cancel.is_cancelled() {
+                        metrics.abandoned.inc();
+                    } else if units > 0 {
+                        // moving average of the cost of a unit of work
+                        let sample = started.elapsed().as_nanos() as f64 / units as f64;
+                        let old = f64::from_bits(ns_per_unit.load(Ordering::Relaxed));
+                        let new = if old == 0.0 { sample } else { 0.9 * old + 0.1 * sample };
+                        ns_per_unit.store(new.to_bits(), Ordering::Relaxed);
+                    }
+                    out
+                }
+            };
+            let _ = tx.send(out);
+        });
+        rx.await.map_err(|_| Status::internal("the ranking job ended without an answer"))?
+    }
+}
+
+/// Work units counted as queued on a pool while alive.
+struct QueuedUnits {
+    queued: Arc<AtomicU64>,
+    units: u64,
+}
+
+impl QueuedUnits {
+    fn new(pool: &Pool, units: u64) -> Self {
+        pool.queued.fetch_add(units, Ordering::Relaxed);
+        QueuedUnits { queued: pool.queued.clone(), units }
+    }
+}
+
+impl Drop for QueuedUnits {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.units, Ordering::Relaxed);
+    }
+}
