@@ -79,6 +79,9 @@ pub struct BenchServeArgs {
     /// Deadline of the overload scenario's requests, ms.
     #[arg(long, default_value_t = 1000)]
     deadline_ms: u64,
+    /// Back-off of an overload caller after a shed call (RESOURCE_EXHAUSTED), ms.
+    #[arg(long, default_value_t = 20)]
+    backoff_ms: u64,
     /// Serving configuration (TOML) for the server started here; its limits size the maximal batch.
     #[arg(long)]
     serve_config: Option<PathBuf>,
@@ -93,6 +96,7 @@ struct Point {
     phase: String,
     callers: usize,
     calls: u64,
+    ok: u64,
     seconds: f64,
     qps: f64,
     p50_ms: f64,
@@ -109,6 +113,7 @@ fn point(phase: &str, callers: usize, h: &Histogram<u64>, errors: BTreeMap<Strin
         phase: phase.into(),
         callers,
         calls,
+        ok: h.len(),
         seconds: secs,
         qps: calls as f64 / secs,
         p50_ms: ms(0.50),
@@ -225,16 +230,17 @@ fn ms(d: f64) -> String {
 
 fn print(points: &[Point]) {
     println!(
-        "{:<28} {:>7} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}  errors",
-        "phase", "callers", "calls", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
+        "{:<32} {:>7} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}  errors",
+        "phase", "callers", "calls", "ok", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
     );
     for p in points {
         let errors = if p.errors.is_empty() { "-".into() } else { format!("{:?}", p.errors) };
         println!(
-            "{:<28} {:>7} {:>9} {:>10.0} {:>9} {:>9} {:>9} {:>9}  {errors}",
+            "{:<32} {:>7} {:>9} {:>9} {:>10.0} {:>9} {:>9} {:>9} {:>9}  {errors}",
             p.phase,
             p.callers,
             p.calls,
+            p.ok,
             p.qps,
             ms(p.p50_ms),
             ms(p.p90_ms),
@@ -391,6 +397,7 @@ pub fn run(a: BenchServeArgs) -> anyhow::Result<()> {
                     .collect(),
             );
             let deadline = Duration::from_millis(a.deadline_ms);
+            let backoff = Duration::from_millis(a.backoff_ms);
             let late = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let call = {
                 let (chans, late) = (chans.clone(), late.clone());
@@ -405,6 +412,10 @@ pub fn run(a: BenchServeArgs) -> anyhow::Result<()> {
                         // answered (or shed) later than the deadline plus 100 ms of transport slack
                         if t.elapsed() > deadline + Duration::from_millis(100) {
                             late.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // a shed call backs off before its caller's next one, as the message asks
+                        if r.as_ref().is_err_and(|s| s.code() == tonic::Code::ResourceExhausted) {
+                            tokio::time::sleep(backoff).await;
                         }
                         r
                     }
