@@ -70,7 +70,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let fitted = xsell_train::train(&log, &chrono, None, &cfg, &mut Bars::default())?;
         let total = start.elapsed().as_secs_f64();
         crate::train::print_summary(&fitted.report, read, total);
-        println!(
+        outln!(
             "bench train: {} lines, wall {total:.2}s (read {read:.2}s), peak RSS {:.0} MiB",
             log.lines_read,
             peak_rss_mib().unwrap_or(f64::NAN)
@@ -90,7 +90,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let wall = start.elapsed().as_secs_f64();
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
-    println!(
+    outln!(
         "bench rank: model {} ({} items, dim {}), {} requests on one thread: p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, {:.0} req/s",
         bundle.manifest.version,
         n_items,
@@ -101,6 +101,6 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         pct(0.99),
         lat.len() as f64 / wall
     );
-    println!("bench peak RSS: {:.0} MiB", peak_rss_mib().unwrap_or(f64::NAN));
+    outln!("bench peak RSS: {:.0} MiB", peak_rss_mib().unwrap_or(f64::NAN));
     Ok(())
 }

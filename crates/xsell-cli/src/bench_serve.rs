@@ -229,13 +229,21 @@ fn ms(d: f64) -> String {
 }
 
 fn print(points: &[Point]) {
-    println!(
+    outln!(
         "{:<32} {:>7} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}  errors",
-        "phase", "callers", "calls", "ok", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
+        "phase",
+        "callers",
+        "calls",
+        "ok",
+        "req/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms"
     );
     for p in points {
         let errors = if p.errors.is_empty() { "-".into() } else { format!("{:?}", p.errors) };
-        println!(
+        outln!(
             "{:<32} {:>7} {:>9} {:>9} {:>10.0} {:>9} {:>9} {:>9} {:>9}  {errors}",
             p.phase,
             p.callers,
@@ -294,7 +302,7 @@ pub fn run(a: BenchServeArgs) -> anyhow::Result<()> {
     let addr = a.server.clone().unwrap_or_else(|| child.as_ref().map(|c| c.1.clone()).unwrap_or_default());
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let dur = Duration::from_secs_f64(a.seconds);
-    println!(
+    outln!(
         "bench-serve: model {} ({} items), server {addr}{}, {source} ({}), k = {}, {} s per point",
         bundle.manifest.version,
         model.n_items(),
@@ -432,7 +440,7 @@ pub fn run(a: BenchServeArgs) -> anyhow::Result<()> {
     }
     print(&points);
     for (k, v) in &extra {
-        println!("{k}: {v}");
+        outln!("{k}: {v}");
     }
     if let Some(path) = &a.json {
         let doc = json!({
@@ -446,7 +454,7 @@ pub fn run(a: BenchServeArgs) -> anyhow::Result<()> {
             "summary": extra,
         });
         std::fs::write(path, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
-        println!("json: {}", path.display());
+        outln!("json: {}", path.display());
     }
     Ok(())
 }

@@ -102,15 +102,16 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         model_version = version;
         systems.push(("xsell".into(), judge(&queries, &lists, &tags, n_train_items), t.elapsed().as_secs_f64()));
     } else {
+        let name = a.name.clone().unwrap_or_else(|| format!("eval-{}", stem(&a.orders)));
+        let dir = a.models.join(&name);
+        xsell_model::check_writable(&dir).with_context(|| format!("the bundle cannot be written under {}", dir.display()))?;
         let t = Instant::now();
         let fitted = xsell_train::train(&log, &split.train, split.cutoff_ts, &cfg, &mut Bars::default())?;
         train_seconds = Some(t.elapsed().as_secs_f64());
         crate::train::print_summary(&fitted.report, 0.0, train_seconds.unwrap_or_default());
-        let name = a.name.clone().unwrap_or_else(|| format!("eval-{}", stem(&a.orders)));
-        let dir = a.models.join(&name);
         let path = xsell_model::save(&dir, manifest(&name, &a.orders, &sha, &log, &cfg, &fitted), &fitted.parts)?;
         model_version = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        println!(
+        outln!(
             "model trained on the training period saved to {} (serve it with `xsell serve --name {name}` and replay with --server)",
             path.display()
         );
@@ -173,11 +174,11 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             "systems": sys,
         });
         std::fs::write(report, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("writing {}", report.display()))?;
-        println!("report: {}", report.display());
+        outln!("report: {}", report.display());
         let plot = a.plot.clone().unwrap_or_else(|| report.with_extension("reliability.svg"));
         if let Some((_, m, _)) = systems.iter().find(|(n, _, _)| n == "xsell") {
             std::fs::write(&plot, reliability_svg(m)).with_context(|| format!("writing {}", plot.display()))?;
-            println!("reliability diagram: {}", plot.display());
+            outln!("reliability diagram: {}", plot.display());
         }
     }
     Ok(())
@@ -314,17 +315,28 @@ fn print_table(
     systems: &[(String, Metrics, f64)],
     train_seconds: Option<f64>,
 ) {
-    println!("\n{dataset}: {} train orders, {} test orders, {n} queries", split.train.len(), split.test.len());
+    outln!("\n{dataset}: {} train orders, {} test orders, {n} queries", split.train.len(), split.test.len());
     if let Some(t) = train_seconds {
-        println!("xsell training time: {t:.1}s");
+        outln!("xsell training time: {t:.1}s");
     }
     let opt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
-    println!(
+    outln!(
         "{:<24} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9} {:>7} {:>8}",
-        "system", "hit@5", "hit@10", "hit@20", "mrr@20", "ndcg@10", "cov@10", "novel@10", "cross@10", "samecat", "ece", "rank s"
+        "system",
+        "hit@5",
+        "hit@10",
+        "hit@20",
+        "mrr@20",
+        "ndcg@10",
+        "cov@10",
+        "novel@10",
+        "cross@10",
+        "samecat",
+        "ece",
+        "rank s"
     );
     for (name, m, secs) in systems {
-        println!(
+        outln!(
             "{:<24} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>9} {:>9} {:>9} {:>7} {:>8.2}",
             name,
             m.hit5,

@@ -1,6 +1,17 @@
 //! `xsell`: the command-line front of the workspace. Glue, not a library: it parses flags,
 //! installs the tracing subscriber, draws progress bars, and maps errors to exit codes.
 
+/// `println!` that ends the process quietly (exit 0) when stdout's reader has gone
+/// (`xsell eval … | head`), instead of panicking on the broken pipe.
+macro_rules! outln {
+    ($($t:tt)*) => { $crate::stdout_write(format_args!($($t)*), true) };
+}
+
+/// `print!` with the same rule as [`outln!`].
+macro_rules! out {
+    ($($t:tt)*) => { $crate::stdout_write(format_args!($($t)*), false) };
+}
+
 mod bench;
 mod bench_serve;
 mod client;
@@ -176,7 +187,7 @@ fn main() -> ExitCode {
 
 fn run_serve(cfg: xsell_server::ServeConfig, print_config: bool) -> anyhow::Result<()> {
     if print_config {
-        print!("{}", cfg.to_toml());
+        out!("{}", cfg.to_toml());
         return Ok(());
     }
     let dir = cfg.model_dir();
@@ -194,7 +205,7 @@ fn run(command: Option<Command>) -> anyhow::Result<()> {
             let cfg = xsell_data::generate::GenerateConfig { seed: a.seed, orders: a.orders, customers: a.customers, ..Default::default() };
             let (lines, _) = xsell_data::generate::generate(&cfg);
             xsell_data::write_lines(&a.out, &lines)?;
-            println!("wrote {} lines ({} orders) to {}", lines.len(), a.orders, a.out.display());
+            outln!("wrote {} lines ({} orders) to {}", lines.len(), a.orders, a.out.display());
             Ok(())
         }
         Command::Train(a) => train::run(a),
@@ -202,6 +213,20 @@ fn run(command: Option<Command>) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::BenchServe(a) => bench_serve::run(a),
         Command::Serve(a) => run_serve(xsell_server::ServeConfig::load(a.config.as_deref(), a.layer())?, a.print_config),
+    }
+}
+
+/// Writes to stdout; a closed pipe ends the process quietly, another write error with exit 2.
+pub(crate) fn stdout_write(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    let written = o.write_fmt(args).and_then(|()| if newline { o.write_all(b"\n") } else { Ok(()) });
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(2);
     }
 }
 

@@ -52,7 +52,7 @@ impl CommonTrain {
         let mut cfg = match &self.config {
             Some(p) => {
                 let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-                serde_json::from_str(&text).with_context(|| format!("{}: not a valid hyperparameter file", p.display()))?
+                TrainConfig::from_json(&text).with_context(|| format!("{}: not a valid hyperparameter file", p.display()))?
             }
             None => TrainConfig::default(),
         };
@@ -127,43 +127,47 @@ pub fn manifest(
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let cfg = a.common.train_config()?;
+    let dir = a.models.join(&a.name);
+    xsell_model::check_writable(&dir).with_context(|| format!("the bundle cannot be written under {}", dir.display()))?;
     let (log, sha) = read_input(&a.orders, &a.common.column_map()?)?;
     let read_secs = start.elapsed().as_secs_f64();
     let orders = xsell_core::protocol::chronological(&log);
     let fitted = xsell_train::train(&log, &orders, None, &cfg, &mut Bars::default())?;
-    let dir = a.models.join(&a.name);
     let path = xsell_model::save(&dir, manifest(&a.name, &a.orders, &sha, &log, &cfg, &fitted), &fitted.parts)
         .with_context(|| format!("writing the bundle under {}", dir.display()))?;
     print_summary(&fitted.report, read_secs, start.elapsed().as_secs_f64());
-    println!("model bundle: {}", path.display());
+    outln!("model bundle: {}", path.display());
     Ok(())
 }
 
 pub fn print_summary(r: &xsell_train::TrainReport, read_secs: f64, total_secs: f64) {
-    println!("trained on {} orders: {} items, {} customers", r.orders, r.items, r.customers);
-    print!("phases: read {read_secs:.1}s");
+    outln!("trained on {} orders: {} items, {} customers", r.orders, r.items, r.customers);
+    out!("phases: read {read_secs:.1}s");
     for p in &r.phases {
-        print!(", {} {:.1}s", p.phase, p.seconds);
+        out!(", {} {:.1}s", p.phase, p.seconds);
     }
-    println!(" (total {total_secs:.1}s)");
+    outln!(" (total {total_secs:.1}s)");
     if r.validation.queries > 0 {
-        println!("validation on {} held-out queries (newest training orders); kept: {}", r.validation.queries, r.ranker);
-        println!("  {:<14} {:>8} {:>8}", "system", "hit@10", "mrr@20");
+        outln!("validation on {} held-out queries (newest training orders); kept: {}", r.validation.queries, r.ranker);
+        outln!("  {:<14} {:>8} {:>8}", "system", "hit@10", "mrr@20");
         for (name, hit, mrr) in &r.validation.systems {
-            println!("  {name:<14} {hit:>8.4} {mrr:>8.4}");
+            outln!("  {name:<14} {hit:>8.4} {mrr:>8.4}");
         }
     }
     if let Some(e) = &r.ease {
-        print!("EASE over the {} most-bought items, λ = {:.1} ({:.3} × mean item orders)", e.items, e.lambda, e.alpha);
+        out!("EASE over the {} most-bought items, λ = {:.1} ({:.3} × mean item orders)", e.items, e.lambda, e.alpha);
         match e.pairs {
-            0 => println!(),
-            n => println!(", and their {n} most co-bought pairs (pair λ {:.3} × mean item orders)", e.pair_alpha),
+            0 => outln!(""),
+            n => outln!(", and their {n} most co-bought pairs (pair λ {:.3} × mean item orders)", e.pair_alpha),
         }
         for t in &e.trials {
             let pairs = if t.pairs == 0 { String::new() } else { format!(", {} pairs at {} × mean", t.pairs, t.pair_alpha) };
-            println!(
+            outln!(
                 "  λ = {:>5} × mean{pairs}: hit@10 {:.4}, mrr@20 {:.4} (validation, EASE alone on {} items)",
-                t.alpha, t.hit10, t.mrr20, t.items
+                t.alpha,
+                t.hit10,
+                t.mrr20,
+                t.items
             );
         }
     }

@@ -26,11 +26,16 @@ pub struct AggregateConfig {
     pub gram_pairs: usize,
     /// The newest share of the orders counted again as the recent period (trends).
     pub recent_fraction: f64,
+    /// Orders with more distinct items than this count toward item, customer and return
+    /// statistics but not toward pair statistics (co-purchase pairs, the Gram, pair Gram rows):
+    /// one order of k items holds k(k−1)/2 pairs, so a single huge order would dominate both the
+    /// counts and the cost. To EASE such an order is an empty basket.
+    pub max_order_items: usize,
 }
 
 impl Default for AggregateConfig {
     fn default() -> Self {
-        Self { max_neighbours: 200, gram_items: 0, gram_pairs: 0, recent_fraction: 0.1 }
+        Self { max_neighbours: 200, gram_items: 0, gram_pairs: 0, recent_fraction: 0.1, max_order_items: 1000 }
     }
 }
 
@@ -90,12 +95,15 @@ impl Aggregates {
         let mut item_recent_orders = vec![0f32; n_items];
         for (k, &o) in orders.iter().enumerate() {
             let order = &log.orders[o];
+            let paired = order.items.len() <= cfg.max_order_items;
             for &i in &order.items {
                 item_orders[i as usize] += 1.0;
                 if k >= recent_from {
                     item_recent_orders[i as usize] += 1.0;
                 }
-                by_item[i as usize].push(k as u32);
+                if paired {
+                    by_item[i as usize].push(k as u32);
+                }
             }
             if let Some(c) = order.customer {
                 let c = c as usize;

@@ -343,3 +343,25 @@ fn names_score_look_alike_designs() {
     assert!((basket[1] - best[1]).abs() < 1e-6, "one basket item: the centroid is that item");
     assert!((best[0] - 1.0).abs() < 1e-6);
 }
+
+#[test]
+fn orders_over_the_item_cap_count_toward_popularity_but_not_pairs() {
+    let big: Vec<String> = (0..30).map(|k| format!("i{k}")).collect();
+    let mut b = LogBuilder::new();
+    for it in &big {
+        b.push(line("huge", None, it, 1, Some(1), false));
+    }
+    for it in ["i0", "i1"] {
+        b.push(line("small", None, it, 1, Some(2), false));
+    }
+    let log = b.finish().unwrap();
+    let all: Vec<usize> = (0..log.orders.len()).collect();
+    let cfg = aggregate::AggregateConfig { gram_items: 30, max_order_items: 10, ..Default::default() };
+    let agg = Aggregates::compute(&log, &all, None, &cfg);
+    let ix = |s: &str| log.catalog.ids.iter().position(|x| x == s).unwrap();
+    assert_eq!(agg.item_orders[ix("i5")], 1.0, "the huge order still counts toward popularity");
+    assert_eq!(agg.pairs.row(ix("i5")).0.len(), 0, "but not toward pairs");
+    assert_eq!(agg.pairs.get(ix("i0"), ix("i1") as ItemIx), 1.0, "only the small order's pair is counted");
+    let uncapped = Aggregates::compute(&log, &all, None, &aggregate::AggregateConfig { gram_items: 30, ..Default::default() });
+    assert_eq!(uncapped.pairs.get(ix("i0"), ix("i1") as ItemIx), 2.0);
+}

@@ -12,6 +12,12 @@ pub enum DataError {
         /// The path or pattern given.
         spec: String,
     },
+    /// The column mapping reads two canonical columns from one file column.
+    #[error("{reason}")]
+    BadMapping {
+        /// What is wrong with the column mapping.
+        reason: String,
+    },
     /// A glob pattern is malformed.
     #[error("{spec}: bad glob pattern: {reason}")]
     BadPattern {

@@ -79,7 +79,7 @@ impl Field {
             Field::OrderId | Field::CustomerId | Field::ItemId | Field::ItemName | Field::Category => {
                 (DataType::Utf8, "a string or integer id")
             }
-            Field::Quantity => (DataType::Int64, "an integer or float quantity"),
+            Field::Quantity => (DataType::Float64, "an integer or float quantity"),
             Field::UnitPrice => (DataType::Float64, "a number"),
             Field::Ts => (DataType::Timestamp(TimeUnit::Millisecond, None), "a timestamp, a date, or epoch milliseconds (int64)"),
             Field::IsReturn => (DataType::Boolean, "a boolean"),
@@ -119,7 +119,25 @@ impl ColumnMap {
             }
             map = map.rename(field, v.trim());
         }
+        map.check()?;
         Ok(map)
+    }
+
+    /// Refuses a map that reads two canonical fields from one file column.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        for (a, fa) in Field::ALL.iter().enumerate() {
+            for fb in &Field::ALL[a + 1..] {
+                if self.name(*fa) == self.name(*fb) {
+                    return Err(format!(
+                        "columns {} and {} would both be read from column '{}'; map each canonical column to its own column",
+                        fa.canonical(),
+                        fb.canonical(),
+                        self.name(*fa)
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The file column read for `field`.
@@ -129,14 +147,17 @@ impl ColumnMap {
 }
 
 /// The parquet files a path or pattern names, sorted: a file, every `*.parquet` below a
-/// directory (hive-style `key=value/` partitions included), or a glob.
+/// directory (hive-style `key=value/` partitions included), or a glob. Symbolic links are
+/// followed, each directory is walked once (a link cycle ends there) and each file is read once,
+/// however many paths or links lead to it (files are told apart by device and inode).
 pub fn list_inputs(spec: &str) -> Result<Vec<PathBuf>> {
     let path = Path::new(spec);
     let mut files = Vec::new();
+    let mut seen_dirs = std::collections::HashSet::new();
     if path.is_file() {
         files.push(path.to_path_buf());
     } else if path.is_dir() {
-        walk(path, &mut files)?;
+        walk(path, &mut files, &mut seen_dirs)?;
     } else if spec.contains(['*', '?', '[']) {
         let entries = glob::glob(spec).map_err(|e| DataError::BadPattern { spec: spec.into(), reason: e.to_string() })?;
         for entry in entries {
@@ -144,7 +165,7 @@ pub fn list_inputs(spec: &str) -> Result<Vec<PathBuf>> {
             if p.is_file() {
                 files.push(p);
             } else if p.is_dir() {
-                walk(&p, &mut files)?;
+                walk(&p, &mut files, &mut seen_dirs)?;
             }
         }
     } else if !path.exists() {
@@ -154,14 +175,30 @@ pub fn list_inputs(spec: &str) -> Result<Vec<PathBuf>> {
         });
     }
     files.sort();
-    files.dedup();
+    let mut seen_files = std::collections::HashSet::new();
+    files.retain(|f| seen_files.insert(file_key(f)));
     if files.is_empty() {
         return Err(DataError::NoInput { spec: spec.into() });
     }
     Ok(files)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// What tells two paths to one file apart: device and inode where the platform has them.
+fn file_key(p: &Path) -> (u64, u64, PathBuf) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::metadata(p) {
+            return (m.dev(), m.ino(), PathBuf::new());
+        }
+    }
+    (0, 0, std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()))
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, seen: &mut std::collections::HashSet<(u64, u64, PathBuf)>) -> Result<()> {
+    if !seen.insert(file_key(dir)) {
+        return Ok(()); // walked already: a link back up the tree, or a second link to it
+    }
     let io = |source| DataError::Io { path: dir.to_path_buf(), source };
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let p = entry.map_err(io)?.path();
@@ -170,7 +207,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
             continue; // hidden files, _SUCCESS markers, _temporary dirs
         }
         if p.is_dir() {
-            walk(&p, out)?;
+            walk(&p, out, seen)?;
         } else if name.ends_with(".parquet") || name.ends_with(".parq") {
             out.push(p);
         }
@@ -194,6 +231,7 @@ pub fn read_log(spec: &str) -> Result<OrderLog> {
 
 /// Reads an order log; `progress` is told the number of lines read so far after each batch.
 pub fn read_log_with(spec: &str, columns: &ColumnMap, progress: &mut dyn FnMut(u64)) -> Result<OrderLog> {
+    columns.check().map_err(|reason| DataError::BadMapping { reason })?;
     let files = list_inputs(spec)?;
     let mut builder = LogBuilder::new();
     let mut lines = 0u64;
@@ -223,6 +261,13 @@ fn read_file(path: &Path, columns: &ColumnMap, builder: &mut LogBuilder, progres
     let mut sources: Vec<Source> = Vec::new();
     for field in Field::ALL {
         let name = columns.name(field);
+        let copies = schema.fields().iter().filter(|f| f.name() == name).count();
+        if copies > 1 {
+            return Err(DataError::BadTable {
+                path: path.into(),
+                reason: format!("column '{name}' appears {copies} times; give each column its own name"),
+            });
+        }
         match schema.index_of(name) {
             Ok(ix) => {
                 let found = schema.field(ix).data_type();
@@ -267,12 +312,27 @@ fn read_file(path: &Path, columns: &ColumnMap, builder: &mut LogBuilder, progres
     for batch in batches {
         let batch = batch.map_err(|e| pq(e.into()))?;
         let cols = Columns::new(path, &batch, &sources, &batch_pos, columns)?;
+        cols.check_ids(path, columns)?;
         for row in 0..batch.num_rows() {
             builder.push(cols.line(row));
         }
         progress(batch.num_rows() as u64);
     }
     Ok(())
+}
+
+/// A quantity as whole units: the sign decides between purchase and return (−0.5 is a return
+/// of part of a unit, never a purchase); a NaN counts as one unit bought.
+fn quantity(q: f64) -> i64 {
+    if q < 0.0 {
+        (q.floor() as i64).min(-1)
+    } else if q > 0.0 {
+        (q.ceil() as i64).max(1)
+    } else if q == 0.0 {
+        0
+    } else {
+        1
+    }
 }
 
 /// One batch's columns, cast to the canonical types.
@@ -327,6 +387,27 @@ impl Columns {
         })
     }
 
+    /// Refuses ids longer than the serving limit, so that nothing is trained that the server
+    /// would refuse in a request.
+    fn check_ids(&self, path: &Path, names: &ColumnMap) -> Result<()> {
+        let max = xsell_core::model::limits::MAX_ID_LEN;
+        for (k, field) in [(0, Field::OrderId), (1, Field::CustomerId), (2, Field::ItemId)] {
+            let long = match self.strings[k].as_ref() {
+                Some(StrCol::Array(a)) => a.as_string::<i32>().iter().flatten().map(str::len).find(|&n| n > max),
+                Some(StrCol::Constant(v)) => Some(v.len()).filter(|&n| n > max),
+                None => None,
+            };
+            if let Some(n) = long {
+                return Err(DataError::BadValue {
+                    path: path.into(),
+                    column: names.name(field).into(),
+                    reason: format!("an id is {n} bytes long; at most {max} are accepted (the serving limit)"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn str(&self, k: usize, row: usize) -> Option<&str> {
         match self.strings[k].as_ref()? {
             StrCol::Constant(v) => Some(v),
@@ -355,7 +436,14 @@ impl Columns {
             item_id: self.str(2, row),
             item_name: self.str(3, row),
             category: self.str(4, row),
-            quantity: int(&self.quantity).unwrap_or(1),
+            quantity: self
+                .quantity
+                .as_ref()
+                .and_then(|a| {
+                    let a = a.as_primitive::<Float64Type>();
+                    a.is_valid(row).then(|| quantity(a.value(row)))
+                })
+                .unwrap_or(1),
             unit_price: self.price.as_ref().and_then(|a| {
                 let a = a.as_primitive::<Float64Type>();
                 a.is_valid(row).then(|| a.value(row))

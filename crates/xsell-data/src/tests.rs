@@ -83,7 +83,8 @@ fn schema_errors_name_the_file_the_column_and_the_expectation() {
     let msg = read_log_with(spec, &map, &mut |_| {}).unwrap_err().to_string();
     assert!(msg.contains("retail.parquet") && msg.contains("'Price'") && msg.contains("expected a boolean"), "{msg}");
 
-    let map = ColumnMap::parse_pairs(&["order_id=InvoiceNo", "item_id=StockCode", "quantity=StockCode"]).unwrap();
+    // a string column read as the quantity
+    let map = ColumnMap::default().rename(Field::OrderId, "InvoiceNo").rename(Field::ItemId, "Price").rename(Field::Quantity, "StockCode");
     let msg = read_log_with(spec, &map, &mut |_| {}).unwrap_err().to_string();
     assert!(msg.contains("'StockCode'") && msg.contains("quantity"), "{msg}");
 }
@@ -111,4 +112,80 @@ fn unreadable_missing_and_empty_inputs_are_clear_errors() {
     write_lines(&path, &only_returns).unwrap();
     let msg = read_log(path.to_str().unwrap()).unwrap_err().to_string();
     assert!(msg.contains("returns.parquet") && msg.contains("no purchase"), "{msg}");
+}
+
+/// A one-column-per-field file from string columns (and a float quantity).
+fn table(path: &Path, cols: Vec<(&str, ArrayRef)>) {
+    let schema = Schema::new(cols.iter().map(|(n, a)| AField::new(*n, a.data_type().clone(), true)).collect::<Vec<_>>());
+    let arrays = cols.into_iter().map(|(_, a)| a).collect();
+    write_batch(path, &RecordBatch::try_new(Arc::new(schema), arrays).unwrap()).unwrap();
+}
+
+fn strings(v: &[&str]) -> ArrayRef {
+    Arc::new(StringArray::from(v.to_vec()))
+}
+
+#[test]
+fn two_canonical_columns_from_one_column_are_refused() {
+    let msg = ColumnMap::parse_pairs(&["customer_id=order_id"]).unwrap_err();
+    assert!(msg.contains("order_id") && msg.contains("customer_id"), "{msg}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("o.parquet");
+    table(&path, vec![("order_id", strings(&["1", "1"])), ("item_id", strings(&["a", "b"]))]);
+    let map = ColumnMap::default().rename(Field::CustomerId, "order_id");
+    let msg = read_log_with(path.to_str().unwrap(), &map, &mut |_| {}).unwrap_err().to_string();
+    assert!(msg.contains("'order_id'") && msg.contains("customer_id"), "{msg}");
+}
+
+#[test]
+fn duplicate_column_names_in_a_file_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dup.parquet");
+    table(&path, vec![("order_id", strings(&["1"])), ("item_id", strings(&["a"])), ("item_id", strings(&["b"]))]);
+    let msg = read_log(path.to_str().unwrap()).unwrap_err().to_string();
+    assert!(msg.contains("dup.parquet") && msg.contains("'item_id' appears 2 times"), "{msg}");
+}
+
+#[cfg(unix)]
+#[test]
+fn symlink_loops_and_repeated_files_are_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("d");
+    let lines = sample(50);
+    write_lines(&d.join("part-0.parquet"), &lines).unwrap();
+    std::os::unix::fs::symlink(".", d.join("loop")).unwrap();
+    std::os::unix::fs::symlink("..", d.join("up")).unwrap();
+    std::os::unix::fs::symlink("part-0.parquet", d.join("again.parquet")).unwrap();
+    std::fs::hard_link(d.join("part-0.parquet"), d.join("hard.parquet")).unwrap();
+    assert_eq!(list_inputs(d.to_str().unwrap()).unwrap().len(), 1, "one file however many paths lead to it");
+    let log = read_log(d.to_str().unwrap()).unwrap();
+    assert_eq!(log.lines_read as usize, lines.len());
+    assert_eq!(log.returns.len(), lines.iter().filter(|l| l.is_return).count(), "returns are counted once");
+}
+
+#[test]
+fn the_sign_of_a_fractional_quantity_decides_purchase_or_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.parquet");
+    table(
+        &path,
+        vec![
+            ("order_id", strings(&["1", "1", "2", "3"])),
+            ("item_id", strings(&["a", "b", "a", "b"])),
+            ("quantity", Arc::new(Float64Array::from(vec![1.5, 0.25, -0.5, 2.0])) as ArrayRef),
+        ],
+    );
+    let log = read_log(path.to_str().unwrap()).unwrap();
+    assert_eq!(log.returns.len(), 1, "−0.5 is a return");
+    assert_eq!(log.orders.len(), 2, "order 2 holds only a return: no purchase order");
+}
+
+#[test]
+fn ids_longer_than_the_serving_limit_are_refused_naming_the_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.parquet");
+    let long = "x".repeat(10_240);
+    table(&path, vec![("order_id", strings(&["1", "1"])), ("item_id", strings(&["a", &long]))]);
+    let msg = read_log(path.to_str().unwrap()).unwrap_err().to_string();
+    assert!(msg.contains("long.parquet") && msg.contains("'item_id'") && msg.contains("10240 bytes"), "{msg}");
 }

@@ -129,6 +129,7 @@ fn u32_bytes(v: &[u32]) -> Vec<u8> {
 /// `manifest.version` is replaced by a fresh, unique version; the bundle's path is returned.
 pub fn save(dir: &Path, mut manifest: Manifest, parts: &ModelParts) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
+    remove_stale_temps(dir);
     let mut version = crate::now_version();
     let mut n = 1;
     while dir.join(&version).exists() {
@@ -155,7 +156,12 @@ pub fn save(dir: &Path, mut manifest: Manifest, parts: &ModelParts) -> Result<Pa
         write_tensors(&tmp.join(TENSORS), parts)?;
         tables::write_catalog(&tmp.join(CATALOG), &parts.items)?;
         tables::write_customers(&tmp.join(CUSTOMERS), &parts.customers, &parts.customer_lines)?;
-        Ok(())
+        // durable before published: every file and the directory reach the disk before the
+        // renames that make them visible, so a power loss cannot publish an empty bundle
+        for f in [MANIFEST, TENSORS, CATALOG, CUSTOMERS] {
+            sync(&tmp.join(f))?;
+        }
+        sync(&tmp)
     };
     if let Err(e) = write() {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -163,10 +169,57 @@ pub fn save(dir: &Path, mut manifest: Manifest, parts: &ModelParts) -> Result<Pa
     }
     let final_dir = dir.join(&version);
     std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+    sync(dir)?;
     let latest_tmp = dir.join(format!(".{LATEST}.tmp-{}", std::process::id()));
     std::fs::write(&latest_tmp, format!("{version}\n")).map_err(io(&latest_tmp))?;
+    sync(&latest_tmp)?;
     std::fs::rename(&latest_tmp, dir.join(LATEST)).map_err(io(dir))?;
+    sync(dir)?;
     Ok(final_dir)
+}
+
+/// fsync of a file or directory.
+fn sync(path: &Path) -> Result<()> {
+    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(io(path))
+}
+
+/// Whether a process of this id is alive (Linux `/proc`; elsewhere every writer counts as
+/// alive, so nothing of another writer is removed).
+fn alive(pid: u32) -> bool {
+    !Path::new("/proc/self").exists() || Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes what writers that died left behind: `.tmp-<version>-<pid>` directories and
+/// `.latest.tmp-<pid>` files whose pid is not a live process (never this process's own).
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = if let Some(rest) = name.strip_prefix(".tmp-") {
+            rest.rsplit('-').next()
+        } else {
+            name.strip_prefix(&format!(".{LATEST}.tmp-"))
+        };
+        let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid == std::process::id() || alive(pid) {
+            continue;
+        }
+        let path = e.path();
+        let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        match removed {
+            Ok(()) => tracing::info!(path = %path.display(), "removed what a dead writer left behind"),
+            Err(err) => tracing::warn!(path = %path.display(), error = %err, "cannot remove a dead writer's temporary files"),
+        }
+    }
+}
+
+/// Checks, before any training, that a bundle can be written under `dir` (creating it), so a
+/// long training does not end in a permission error.
+pub fn check_writable(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let probe = dir.join(format!(".write-check-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(io(dir))?;
+    std::fs::remove_file(&probe).map_err(io(&probe))
 }
 
 fn write_tensors(path: &Path, parts: &ModelParts) -> Result<()> {
@@ -301,4 +354,33 @@ pub fn load(path: &Path) -> Result<Bundle> {
     };
     let model = CrossSellModel::new(parts).map_err(|source| BundleError::Inconsistent { path: path.into(), source })?;
     Ok(Bundle { manifest, model, path: path.into() })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dead_writers_temporaries_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // pid_max on Linux is at most 2²², so this writer cannot be alive
+        let dead = d.join(".tmp-20260101T000000Z-4194305");
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join("manifest.json"), b"{}").unwrap();
+        std::fs::write(d.join(".latest.tmp-4194306"), b"x").unwrap();
+        let mine = d.join(format!(".tmp-20260101T000000Z-{}", std::process::id()));
+        std::fs::create_dir(&mine).unwrap();
+        std::fs::write(d.join("keep.txt"), b"").unwrap();
+        super::remove_stale_temps(d);
+        assert!(!dead.exists() && !d.join(".latest.tmp-4194306").exists());
+        assert!(mine.exists() && d.join("keep.txt").exists(), "a live writer's and other files stay");
+    }
+
+    #[test]
+    fn an_unwritable_models_directory_is_found_before_training() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("models");
+        std::fs::write(&file, b"a file, not a directory").unwrap();
+        assert!(super::check_writable(&file.join("default")).unwrap_err().to_string().contains("models"));
+        super::check_writable(&dir.path().join("ok/default")).unwrap();
+    }
 }

@@ -22,6 +22,9 @@ mod bundle;
 mod error;
 mod time;
 
-pub use bundle::{Bundle, FORMAT_VERSION, InputInfo, Manifest, OLDEST_FORMAT_VERSION, latest_version, load, load_latest, save};
+pub use bundle::{
+    Bundle, FORMAT_VERSION, InputInfo, Manifest, OLDEST_FORMAT_VERSION, check_writable, latest_version, load, load_latest,
+    remove_stale_temps, save,
+};
 pub use error::{BundleError, Result};
 pub use time::{now_rfc3339, now_version};

@@ -6,7 +6,7 @@ use crate::{Result, TrainError};
 
 /// Training hyperparameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     /// Seed of every random choice.
     pub seed: u64,
@@ -52,6 +52,9 @@ pub struct TrainConfig {
     pub ranker_hidden: usize,
     /// Share of the ranker queries held out for calibration and validation metrics.
     pub calibration_share: f64,
+    /// Orders with more distinct items than this count toward popularity but not toward pair
+    /// statistics, EASE or the ranker's queries (see `AggregateConfig::max_order_items`).
+    pub max_order_items: usize,
     /// Refit aggregates and embeddings on all training orders after fitting the ranker.
     pub refit: bool,
     /// Also fit one ranker per feature group left out ([`crate::Fitted::ablations`]).
@@ -81,6 +84,7 @@ impl Default for TrainConfig {
             ranker_epochs: 30,
             ranker_hidden: 16,
             calibration_share: 0.3,
+            max_order_items: 1000,
             refit: true,
             ablation: false,
         }
@@ -88,6 +92,23 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Reads a JSON object holding any subset of the keys (the rest keep their defaults) and
+    /// validates it. Unknown keys are refused with the list of known ones; so is anything but an
+    /// object (serde would take an array positionally).
+    pub fn from_json(text: &str) -> Result<Self> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| TrainError::Config { name: "config", reason: format!("not valid JSON: {e}") })?;
+        if !value.is_object() {
+            return Err(TrainError::Config {
+                name: "config",
+                reason: "must be a JSON object of hyperparameters, e.g. {\"dim\": 32}".into(),
+            });
+        }
+        let cfg: TrainConfig = serde_json::from_value(value).map_err(|e| TrainError::Config { name: "config", reason: e.to_string() })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// Checks every hyperparameter's range.
     pub fn validate(&self) -> Result<()> {
         let bad = |name, reason: &str| Err(TrainError::Config { name, reason: reason.into() });
@@ -130,9 +151,58 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.calibration_share) {
             return bad("calibration_share", "must be within [0, 1)");
         }
+        if self.epochs > 1000.0 {
+            return bad("epochs", "must be at most 1000");
+        }
+        if self.max_steps == 0 || self.max_steps > 10_000_000 {
+            return bad("max_steps", "must be within 1..=10000000");
+        }
+        if self.max_neighbours > 100_000 {
+            return bad("max_neighbours", "must be at most 100000");
+        }
+        if !(1..=1_000_000).contains(&self.ranker_queries) {
+            return bad("ranker_queries", "must be within 1..=1000000");
+        }
+        if self.ranker_hard_negatives > 100_000 {
+            return bad("ranker_hard_negatives", "must be at most 100000");
+        }
+        if self.ranker_random_negatives > 100_000 {
+            return bad("ranker_random_negatives", "must be at most 100000");
+        }
+        if !(1..=10_000).contains(&self.ranker_epochs) {
+            return bad("ranker_epochs", "must be within 1..=10000");
+        }
+        if self.ranker_hidden > 1024 {
+            return bad("ranker_hidden", "must be at most 1024 (0: linear only)");
+        }
+        if !(2..=1_000_000).contains(&self.max_order_items) {
+            return bad("max_order_items", "must be within 2..=1000000");
+        }
         if self.ranker_hard_negatives + self.ranker_random_negatives == 0 {
             return bad("ranker_hard_negatives", "the ranker needs at least one negative per query");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TrainConfig;
+
+    #[test]
+    fn hyperparameter_files_are_objects_of_known_keys_within_range() {
+        assert_eq!(TrainConfig::from_json(r#"{"dim": 8}"#).unwrap().dim, 8);
+        let e = TrainConfig::from_json(r#"{"bogus_key": 1}"#).unwrap_err().to_string();
+        assert!(e.contains("bogus_key") && e.contains("epochs"), "names the key and the known ones: {e}");
+        let e = TrainConfig::from_json(r#"{"epoch": 3}"#).unwrap_err().to_string();
+        assert!(e.contains("`epoch`"), "a typo is refused: {e}");
+        let e = TrainConfig::from_json("[7, 8]").unwrap_err().to_string();
+        assert!(e.contains("JSON object"), "{e}");
+        for (key, value) in [("ranker_hidden", "100000000"), ("ranker_epochs", "1000000000"), ("max_steps", "18446744073709551615")] {
+            let e = TrainConfig::from_json(&format!("{{\"{key}\": {value}}}")).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        let e = TrainConfig::from_json(r#"{"max_order_items": 1}"#).unwrap_err().to_string();
+        assert!(e.contains("max_order_items"), "{e}");
     }
 }

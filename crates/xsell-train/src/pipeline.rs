@@ -234,6 +234,7 @@ pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &Tra
         gram_items: cfg.ease_items,
         gram_pairs: if cfg.ease_lambda > 0.0 { 0 } else { cfg.ease_pairs },
         recent_fraction: cfg.recent_fraction,
+        max_order_items: cfg.max_order_items,
     };
     let mut report = TrainReport { orders: orders.len(), ..Default::default() };
     let mut timer = Timer { phases: &mut report.phases, start: Instant::now() };

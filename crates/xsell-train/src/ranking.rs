@@ -42,6 +42,9 @@ pub(crate) fn draw_queries(log: &OrderLog, valid: &[usize], spaces: &Spaces, cfg
         let want = cfg.ranker_queries - queries.len();
         queries.extend(draw_index_queries(log, valid, cfg.seed.wrapping_add(draw), want).into_iter().filter_map(|(o, t)| {
             let order = &log.orders[o];
+            if order.items.len() > cfg.max_order_items {
+                return None; // too big to teach anything about baskets (and items × basket to score)
+            }
             let target = spaces.item_to_model[t as usize]?;
             let log_basket: Vec<ItemIx> = order.items.iter().copied().filter(|&i| i != t).collect();
             let basket: Vec<ItemIx> = log_basket.iter().filter_map(|&i| spaces.item_to_model[i as usize]).collect();
