@@ -295,3 +295,40 @@ fn training_is_deterministic_for_a_seed() {
     let (a, b) = (world(), world());
     assert_eq!(a.fitted.parts, b.fitted.parts);
 }
+
+/// Frozen bundles of every format the loader accepts, each written once by the code of its
+/// format (formats 2 and 3 by the builds of commits 6be9320^ and 7e9d916^, format 4 by this one, from a
+/// 400-order generated log).
+#[test]
+fn frozen_bundles_of_every_format_load_and_rank() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    for format in xsell_model::OLDEST_FORMAT_VERSION..=xsell_model::FORMAT_VERSION {
+        let dir = root.join(format!("format-{format}"));
+        let b = xsell_model::load_latest(&dir).unwrap_or_else(|e| panic!("format {format}: {e}"));
+        assert_eq!(b.manifest.format_version, format);
+        let parts = b.model.parts();
+        assert_eq!(parts.ease_always_on.is_empty(), format < 4, "format {format}: EASE's intercept");
+        if format < 3 {
+            assert!(parts.ease_pairs.pairs.is_empty());
+        }
+        let basket = vec![parts.items.ids[0].clone()];
+        let r = b.model.rank(&xsell_core::RankQuery { basket: basket.clone(), k: 5, ..Default::default() }).unwrap();
+        assert_eq!(r.items.len(), 5, "format {format}");
+        for i in &r.items {
+            assert!(parts.items.ids[i.item as usize] != basket[0] && (0.0..=1.0).contains(&i.probability) && i.score.is_finite());
+        }
+    }
+    // a bundle whose feature columns are not this build's is refused, not mis-scored
+    let tmp = tempfile::tempdir().unwrap();
+    let src = xsell_model::load_latest(&root.join(format!("format-{}", xsell_model::FORMAT_VERSION))).unwrap().path;
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), tmp.path().join(f.file_name())).unwrap();
+    }
+    let m = tmp.path().join("manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&m).unwrap()).unwrap();
+    manifest["features"].as_array_mut().unwrap().swap(0, 1);
+    std::fs::write(&m, serde_json::to_string(&manifest).unwrap()).unwrap();
+    let msg = xsell_model::load(tmp.path()).unwrap_err().to_string();
+    assert!(msg.contains("retrain"), "{msg}");
+}

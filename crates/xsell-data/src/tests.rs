@@ -189,3 +189,93 @@ fn ids_longer_than_the_serving_limit_are_refused_naming_the_column() {
     let msg = read_log(path.to_str().unwrap()).unwrap_err().to_string();
     assert!(msg.contains("long.parquet") && msg.contains("'item_id'") && msg.contains("10240 bytes"), "{msg}");
 }
+
+mod arbitrary_files {
+    use arrow_array::{BooleanArray, Date32Array, Int32Array, TimestampMillisecondArray};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// One column of a random file: a name (canonical, renamed or unknown), a type, and values
+    /// with nulls.
+    #[derive(Debug, Clone)]
+    enum Col {
+        Str(Vec<Option<String>>),
+        I64(Vec<Option<i64>>),
+        I32(Vec<Option<i32>>),
+        F64(Vec<Option<f64>>),
+        Bool(Vec<Option<bool>>),
+        Ts(Vec<Option<i64>>),
+        Date(Vec<Option<i32>>),
+    }
+
+    fn col(rows: usize) -> impl Strategy<Value = Col> {
+        let n = rows;
+        prop_oneof![
+            prop::collection::vec(prop::option::of(prop_oneof![".{0,6}", "[a-c]{1,2}", Just(String::new())]), n).prop_map(Col::Str),
+            prop::collection::vec(prop::option::of(prop_oneof![any::<i64>(), -3i64..4]), n).prop_map(Col::I64),
+            prop::collection::vec(prop::option::of(any::<i32>()), n).prop_map(Col::I32),
+            prop::collection::vec(prop::option::of(prop_oneof![any::<f64>(), -2.0f64..2.0, Just(f64::NAN), Just(f64::INFINITY)]), n)
+                .prop_map(Col::F64),
+            prop::collection::vec(prop::option::of(any::<bool>()), n).prop_map(Col::Bool),
+            prop::collection::vec(prop::option::of(any::<i64>()), n).prop_map(Col::Ts),
+            prop::collection::vec(prop::option::of(any::<i32>()), n).prop_map(Col::Date),
+        ]
+    }
+
+    fn array(c: &Col) -> ArrayRef {
+        match c {
+            Col::Str(v) => Arc::new(StringArray::from(v.clone())),
+            Col::I64(v) => Arc::new(Int64Array::from(v.clone())),
+            Col::I32(v) => Arc::new(Int32Array::from(v.clone())),
+            Col::F64(v) => Arc::new(Float64Array::from(v.clone())),
+            Col::Bool(v) => Arc::new(BooleanArray::from(v.clone())),
+            Col::Ts(v) => Arc::new(TimestampMillisecondArray::from(v.clone())),
+            Col::Date(v) => Arc::new(Date32Array::from(v.clone())),
+        }
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => prop::sample::select(Field::ALL.map(Field::canonical).to_vec()).prop_map(String::from),
+            1 => Just("InvoiceNo".to_string()),
+            1 => "[a-z]{1,4}",
+        ]
+    }
+
+    /// Columns, an optional byte flip (position, mask) and an optional truncation.
+    type File = (Vec<(String, Col)>, Option<(usize, u8)>, Option<usize>);
+
+    fn file() -> impl Strategy<Value = File> {
+        (0usize..12).prop_flat_map(|rows| prop::collection::vec((name(), col(rows)), 1..8)).prop_flat_map(|cols| {
+            (Just(cols), prop::option::of((any::<usize>(), any::<u8>())), prop::option::weighted(0.2, any::<usize>()))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+        /// Random schemas, types, nulls and values, with random byte damage or truncation: every
+        /// file ends in a log or a clear error naming the file, never a panic.
+        #[test]
+        fn arbitrary_parquet_files_never_panic((cols, damage, cut) in file(), rename in any::<bool>()) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("fuzz.parquet");
+            let schema = Schema::new(cols.iter().map(|(n, c)| AField::new(n, array(c).data_type().clone(), true)).collect::<Vec<_>>());
+            let batch = RecordBatch::try_new(Arc::new(schema), cols.iter().map(|(_, c)| array(c)).collect()).unwrap();
+            write_batch(&path, &batch).unwrap();
+            let mut bytes = std::fs::read(&path).unwrap();
+            if let Some((at, b)) = damage {
+                let at = at % bytes.len();
+                bytes[at] ^= b | 1;
+            }
+            if let Some(c) = cut {
+                bytes.truncate(c % bytes.len());
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            let map = if rename { ColumnMap::default().rename(Field::OrderId, "InvoiceNo") } else { ColumnMap::default() };
+            if let Err(e) = read_log_with(path.to_str().unwrap(), &map, &mut |_| {}) {
+                prop_assert!(e.to_string().contains("fuzz.parquet"), "{e}");
+            }
+        }
+    }
+}

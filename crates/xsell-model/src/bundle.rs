@@ -282,6 +282,12 @@ pub fn load(path: &Path) -> Result<Bundle> {
         return Err(BundleError::Version { path: path.into(), found, supported: FORMAT_VERSION, oldest: OLDEST_FORMAT_VERSION });
     }
     let manifest: Manifest = serde_json::from_value(probe).map_err(|source| BundleError::Manifest { path: manifest_path, source })?;
+    // the ranker's weights are positional: a bundle whose feature columns are not this build's,
+    // in this order, would be scored wrongly without any error
+    let ours: Vec<&str> = xsell_core::model::FEATURES.to_vec();
+    if manifest.features.iter().map(String::as_str).ne(ours.iter().copied()) {
+        return Err(BundleError::Features { path: path.into(), found: manifest.features.join(", "), expected: ours.join(", ") });
+    }
     let tensors_path = path.join(TENSORS);
     let bytes = std::fs::read(&tensors_path).map_err(io(&tensors_path))?;
     let bad = |reason: String| BundleError::Tensors { path: tensors_path.clone(), reason };

@@ -36,6 +36,16 @@ pub enum BundleError {
         /// The oldest version this build reads.
         oldest: u32,
     },
+    /// The bundle's ranker reads other feature columns than this build computes.
+    #[error("{}: the bundle's ranker features [{found}] are not this build's [{expected}]; retrain the model with this build", path.display())]
+    Features {
+        /// The bundle directory.
+        path: PathBuf,
+        /// The bundle's feature names.
+        found: String,
+        /// This build's.
+        expected: String,
+    },
     /// The tensors file is malformed or lacks a tensor.
     #[error("{}: {reason}", path.display())]
     Tensors {
