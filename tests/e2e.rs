@@ -38,7 +38,7 @@ fn world() -> World {
     let log = xsell_data::read_log(path.to_str().unwrap()).unwrap();
     let split = time_split(&log, 0.1);
     let queries = draw_queries(&log, &split, &ProtocolConfig::default());
-    let cfg = TrainConfig { max_steps: 400, ..Default::default() };
+    let cfg = TrainConfig { max_steps: 400, ..Default::default() }.check().unwrap();
     let fitted = xsell_train::train(&log, &split.train, split.cutoff_ts, &cfg, &mut NoProgress).unwrap();
     let model_dir = dir.path().join("models/test");
     xsell_model::save(&model_dir, manifest(&fitted), &fitted.parts).unwrap();

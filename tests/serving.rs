@@ -33,7 +33,7 @@ fn trained() -> &'static Trained {
         xsell_data::write_lines(&path, &lines).unwrap();
         let log = xsell_data::read_log(path.to_str().unwrap()).unwrap();
         let order: Vec<usize> = (0..log.orders.len()).collect();
-        let cfg = TrainConfig { max_steps: 200, ..Default::default() };
+        let cfg = TrainConfig { max_steps: 200, ..Default::default() }.check().unwrap();
         let fitted = xsell_train::train(&log, &order, None, &cfg, &mut NoProgress).unwrap();
         let returner = truth.returners.iter().find(|r| fitted.parts.customers.ids.contains(r)).unwrap().clone();
         Trained { fitted, returner }

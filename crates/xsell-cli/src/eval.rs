@@ -75,7 +75,7 @@ type Lists = Vec<(Vec<String>, Option<Vec<f32>>)>;
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.test_fraction > 0.0 && a.test_fraction < 1.0, "--test-fraction must be within (0, 1)");
-    let cfg = xsell_train::TrainConfig { ablation: a.ablation, ..a.common.train_config()? };
+    let cfg = xsell_train::TrainConfig { ablation: a.ablation, ..a.common.hyperparameters()? }.check()?;
     let (log, sha) = read_input(&a.orders, &a.common.column_map()?)?;
     let protocol = ProtocolConfig { test_fraction: a.test_fraction, seed: a.query_seed, max_queries: a.max_queries };
     let split = time_split(&log, protocol.test_fraction);

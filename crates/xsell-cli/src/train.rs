@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use sha2::{Digest, Sha256};
 use xsell_data::ColumnMap;
-use xsell_train::TrainConfig;
+use xsell_train::{TrainConfig, ValidTrainConfig};
 
 use crate::progress::Bars;
 
@@ -48,11 +48,17 @@ pub struct CommonTrain {
 }
 
 impl CommonTrain {
-    pub fn train_config(&self) -> anyhow::Result<TrainConfig> {
+    /// The checked hyperparameters: `--config`, then the flags that override it.
+    pub fn train_config(&self) -> anyhow::Result<ValidTrainConfig> {
+        Ok(self.hyperparameters()?.check()?)
+    }
+
+    /// `--config` and the overriding flags, not checked yet.
+    pub fn hyperparameters(&self) -> anyhow::Result<TrainConfig> {
         let mut cfg = match &self.config {
             Some(p) => {
                 let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-                TrainConfig::from_json(&text).with_context(|| format!("{}: not a valid hyperparameter file", p.display()))?
+                TrainConfig::parse_json(&text).with_context(|| format!("{}: not a valid hyperparameter file", p.display()))?
             }
             None => TrainConfig::default(),
         };
@@ -62,7 +68,6 @@ impl CommonTrain {
         if let Some(d) = self.dim {
             cfg.dim = d;
         }
-        cfg.validate()?;
         Ok(cfg)
     }
 

@@ -127,7 +127,12 @@ fn u32_bytes(v: &[u32]) -> Vec<u8> {
 
 /// Writes a bundle under `dir` (`models/<name>`) and points `latest` at it.
 /// `manifest.version` is replaced by a fresh, unique version; the bundle's path is returned.
-pub fn save(dir: &Path, mut manifest: Manifest, parts: &ModelParts) -> Result<PathBuf> {
+pub fn save(dir: &Path, manifest: Manifest, parts: &ModelParts) -> Result<PathBuf> {
+    save_with(dir, manifest, parts, &mut sync)
+}
+
+/// [`save`] with the fsync step given, so a test can see what is made durable and when.
+fn save_with(dir: &Path, mut manifest: Manifest, parts: &ModelParts, sync: &mut dyn FnMut(&Path) -> Result<()>) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     remove_stale_temps(dir);
     let mut version = crate::now_version();
@@ -149,7 +154,7 @@ pub fn save(dir: &Path, mut manifest: Manifest, parts: &ModelParts) -> Result<Pa
 
     let tmp = dir.join(format!(".tmp-{version}-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let write = || -> Result<()> {
+    let mut write = || -> Result<()> {
         let manifest_path = tmp.join(MANIFEST);
         let json = serde_json::to_vec_pretty(&manifest).map_err(|source| BundleError::Manifest { path: manifest_path.clone(), source })?;
         std::fs::write(&manifest_path, json).map_err(io(&manifest_path))?;
@@ -379,6 +384,33 @@ mod tests {
         super::remove_stale_temps(d);
         assert!(!dead.exists() && !d.join(".latest.tmp-4194306").exists());
         assert!(mine.exists() && d.join("keep.txt").exists(), "a live writer's and other files stay");
+    }
+
+    #[test]
+    fn every_file_and_directory_is_fsynced_before_it_is_published() {
+        use std::path::{Path, PathBuf};
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/format-4");
+        let b = super::load_latest(&fixture).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let models = dir.path().join("m");
+        let mut synced: Vec<(PathBuf, bool)> = Vec::new();
+        let latest = models.join(super::LATEST);
+        let mut record = |p: &Path| {
+            // what `latest` names when the sync happens: a file synced before publication is
+            // synced while `latest` does not name its bundle yet
+            synced.push((p.to_path_buf(), latest.exists()));
+            super::sync(p)
+        };
+        let path = super::save_with(&models, b.manifest.clone(), b.model.parts(), &mut record).unwrap();
+        let names: Vec<String> = synced.iter().map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        for f in [super::MANIFEST, super::TENSORS, super::CATALOG, super::CUSTOMERS] {
+            let k = names.iter().position(|n| n == f).unwrap_or_else(|| panic!("{f} is never fsynced: {names:?}"));
+            assert!(!synced[k].1, "{f} was synced after publication");
+        }
+        assert!(synced.iter().any(|(p, _)| p.file_name().unwrap().to_string_lossy().starts_with(".tmp-")), "the bundle directory");
+        assert!(synced.iter().any(|(p, _)| p.file_name().unwrap().to_string_lossy().starts_with(".latest.tmp-")), "the new pointer");
+        assert_eq!(synced.last().unwrap().0, models, "the models directory, after the last rename");
+        assert!(super::load(&path).is_ok());
     }
 
     #[test]

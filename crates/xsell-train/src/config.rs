@@ -91,11 +91,36 @@ impl Default for TrainConfig {
     }
 }
 
+/// A [`TrainConfig`] whose every field was checked ([`TrainConfig::check`]): what the trainer
+/// takes, so an unchecked configuration cannot reach it (linfa's checked/unchecked parameters).
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+#[serde(transparent)]
+pub struct ValidTrainConfig(TrainConfig);
+
+impl std::ops::Deref for ValidTrainConfig {
+    type Target = TrainConfig;
+    fn deref(&self) -> &TrainConfig {
+        &self.0
+    }
+}
+
 impl TrainConfig {
+    /// Checks every field ([`TrainConfig::validate`]) into the type the trainer takes.
+    pub fn check(self) -> Result<ValidTrainConfig> {
+        self.validate()?;
+        Ok(ValidTrainConfig(self))
+    }
+
     /// Reads a JSON object holding any subset of the keys (the rest keep their defaults) and
     /// validates it. Unknown keys are refused with the list of known ones; so is anything but an
     /// object (serde would take an array positionally).
-    pub fn from_json(text: &str) -> Result<Self> {
+    pub fn from_json(text: &str) -> Result<ValidTrainConfig> {
+        TrainConfig::parse_json(text)?.check()
+    }
+
+    /// [`TrainConfig::from_json`] without the range checks, for callers that override fields
+    /// before [`TrainConfig::check`].
+    pub fn parse_json(text: &str) -> Result<TrainConfig> {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| TrainError::Config { name: "config", reason: format!("not valid JSON: {e}") })?;
         if !value.is_object() {
@@ -104,9 +129,7 @@ impl TrainConfig {
                 reason: "must be a JSON object of hyperparameters, e.g. {\"dim\": 32}".into(),
             });
         }
-        let cfg: TrainConfig = serde_json::from_value(value).map_err(|e| TrainError::Config { name: "config", reason: e.to_string() })?;
-        cfg.validate()?;
-        Ok(cfg)
+        serde_json::from_value(value).map_err(|e| TrainError::Config { name: "config", reason: e.to_string() })
     }
 
     /// Checks every hyperparameter's range.
@@ -191,6 +214,7 @@ mod tests {
 
     #[test]
     fn hyperparameter_files_are_objects_of_known_keys_within_range() {
+        assert_eq!(TrainConfig::default().check().unwrap(), super::ValidTrainConfig::default(), "the defaults are valid");
         assert_eq!(TrainConfig::from_json(r#"{"dim": 8}"#).unwrap().dim, 8);
         let e = TrainConfig::from_json(r#"{"bogus_key": 1}"#).unwrap_err().to_string();
         assert!(e.contains("bogus_key") && e.contains("epochs"), "names the key and the known ones: {e}");

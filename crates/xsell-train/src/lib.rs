@@ -25,7 +25,7 @@ pub mod progress;
 pub mod ranker;
 mod ranking;
 
-pub use config::TrainConfig;
+pub use config::{TrainConfig, ValidTrainConfig};
 pub use error::{Result, TrainError};
 pub use pipeline::{Fitted, PhaseTime, TrainReport, ValidationMetrics, train};
 pub use progress::{NoProgress, Progress};

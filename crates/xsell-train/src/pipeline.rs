@@ -11,7 +11,7 @@ use xsell_core::{Aggregates, CrossSellModel, Csr, ItemIx, OrderLog};
 use crate::ease::{self, LambdaTrial, PosQuery};
 use crate::embed::train_embeddings;
 use crate::ranking::{self, Kind, MQuery};
-use crate::{Progress, Result, TrainConfig, TrainError};
+use crate::{Progress, Result, TrainConfig, TrainError, ValidTrainConfig};
 
 /// Wall time of one phase.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,8 +224,13 @@ fn fit_ease(
 
 /// Trains a model on `orders` (indices into `log.orders`, oldest first); return signals at or
 /// after `cutoff_ts` are ignored.
-pub fn train(log: &OrderLog, orders: &[usize], cutoff_ts: Option<i64>, cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Fitted> {
-    cfg.validate()?;
+pub fn train(
+    log: &OrderLog,
+    orders: &[usize],
+    cutoff_ts: Option<i64>,
+    cfg: &ValidTrainConfig,
+    progress: &mut dyn Progress,
+) -> Result<Fitted> {
     if orders.is_empty() {
         return Err(TrainError::NotEnoughData("no training order".into()));
     }
