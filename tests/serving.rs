@@ -178,6 +178,32 @@ async fn budgets_ids_and_privacy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_to_customer_offers_only_items_the_customer_never_bought() {
+    let (_d, dir) = models();
+    let s = start(config(&dir)).await;
+    let mut c = client(&s.addr).await;
+    let parts = &trained().fitted.parts;
+    let (cust, past) = (0..parts.customers.ids.len())
+        .map(|k| (k, parts.history.row(k).0))
+        .find(|(k, row)| row.len() >= 3 && parts.customers.return_rate[*k] < 0.2)
+        .map(|(k, row)| (parts.customers.ids[k].clone(), row.iter().map(|&i| parts.items.ids[i as usize].clone()).collect::<Vec<_>>()))
+        .unwrap();
+    let ask = |new_to_customer| RankRequest {
+        customer_id: Some(cust.clone()),
+        basket: vec![item(7)],
+        k: 1000,
+        allow_substitutes: true,
+        new_to_customer,
+        ..Default::default()
+    };
+    let all: Vec<String> = c.rank(ask(false)).await.unwrap().into_inner().items.into_iter().map(|i| i.item_id).collect();
+    assert!(past.iter().any(|p| all.contains(p)), "without the flag past items are offered");
+    let new: Vec<String> = c.rank(ask(true)).await.unwrap().into_inner().items.into_iter().map(|i| i.item_id).collect();
+    assert!(!new.is_empty() && new.iter().all(|i| !past.contains(i)), "with it, none is");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_shed_and_a_short_deadline_frees_the_worker() {
     let (_d, dir) = models();
     let s = start(ServeConfig { compute_threads: 1, max_in_flight: 1, ..config(&dir) }).await;
@@ -462,6 +488,7 @@ mod arbitrary {
             any::<u32>(),
             any::<bool>(),
             prop_oneof![Just(String::new()), ".{0,20}", "[a-z]{120,200}"],
+            any::<bool>(),
         )
             .prop_map(
                 |(
@@ -476,6 +503,7 @@ mod arbitrary {
                     max_per_category,
                     allow_substitutes,
                     request_id,
+                    new_to_customer,
                 )| {
                     RankRequest {
                         customer_id,
@@ -489,6 +517,7 @@ mod arbitrary {
                         max_per_category,
                         allow_substitutes,
                         request_id,
+                        new_to_customer,
                     }
                 },
             )

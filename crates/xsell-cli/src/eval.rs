@@ -93,14 +93,21 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let tags = Tagger::new(&log, &split.train);
     let n_train_items = tags.train_items.len();
     let mut systems: Vec<(String, Metrics, f64)> = Vec::new();
+    // discovery (PROTOCOL.md): the novel-target queries, ranked again without the customer's past items
+    let discovery_queries: Vec<Query> = queries.iter().filter(|q| tags.novel(q) == Some(true)).cloned().collect();
+    let mut discovery: Vec<(String, Discovery)> = Vec::new();
     let mut train_seconds = None;
     let mut report_training = None;
     let model_version;
     if let Some(server) = &a.server {
         let t = Instant::now();
-        let (version, lists) = remote(server, &queries)?;
+        let (version, lists) = remote(server, &queries, false)?;
         model_version = version;
         systems.push(("xsell".into(), judge(&queries, &lists, &tags, n_train_items), t.elapsed().as_secs_f64()));
+        if !discovery_queries.is_empty() {
+            let (_, lists) = remote(server, &discovery_queries, true)?;
+            discovery.push(("xsell".into(), Discovery::of(&discovery_queries, &lists, &tags, n_train_items)));
+        }
     } else {
         let name = a.name.clone().unwrap_or_else(|| format!("eval-{}", stem(&a.orders)));
         let dir = a.models.join(&name);
@@ -117,8 +124,10 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         );
         let model = CrossSellModel::new(fitted.parts.clone())?;
         let t = Instant::now();
-        let lists = local(&model, &queries)?;
+        let lists = local(&model, &queries, false)?;
         systems.push(("xsell".into(), judge(&queries, &lists, &tags, n_train_items), t.elapsed().as_secs_f64()));
+        let lists = local(&model, &discovery_queries, true)?;
+        discovery.push(("xsell".into(), Discovery::of(&discovery_queries, &lists, &tags, n_train_items)));
         if a.ablation {
             let variants = STAGES
                 .iter()
@@ -127,7 +136,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             for (name, ranker) in variants {
                 let variant = CrossSellModel::new(ModelParts { ranker, ..fitted.parts.clone() })?;
                 let t = Instant::now();
-                let lists = local(&variant, &queries)?;
+                let lists = local(&variant, &queries, false)?;
                 let mut m = judge(&queries, &lists, &tags, n_train_items);
                 m.ece = None; // single-feature scores are not probabilities
                 systems.push((name, m, t.elapsed().as_secs_f64()));
@@ -147,15 +156,30 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
                 })
                 .collect();
             systems.push((name.into(), judge(&queries, &lists, &tags, n_train_items), t.elapsed().as_secs_f64()));
+            // ranked the same way: the customer's past items left out of a longer list
+            let lists: Lists = discovery_queries
+                .par_iter()
+                .map(|q| {
+                    let basket: Vec<ItemIx> = q.basket.iter().filter_map(|s| ix.get(s.as_str()).copied()).collect();
+                    let past = tags.past_items(q);
+                    let ranked = rec.recommend(None, &basket, 20 + past.len());
+                    (ranked.into_iter().filter(|i| !past.contains(i)).take(20).map(|i| log.catalog.ids[i as usize].clone()).collect(), None)
+                })
+                .collect();
+            discovery.push((name.into(), Discovery::of(&discovery_queries, &lists, &tags, n_train_items)));
         }
     }
     print_table(&a.orders, &split, queries.len(), &systems, train_seconds);
+    print_discovery(&discovery);
     if let Some(report) = &a.report {
         let sys: serde_json::Map<String, serde_json::Value> = systems
             .iter()
             .map(|(n, m, secs)| {
                 let mut v = serde_json::to_value(m).unwrap_or_default();
                 v["rank_seconds"] = json!(secs);
+                if let Some((_, d)) = discovery.iter().find(|(s, _)| s == n) {
+                    v["discovery"] = json!({ "queries": d.queries, "hit@10": d.hit10, "mrr@20": d.mrr20, "hit@10_se": d.se });
+                }
                 (n.clone(), v)
             })
             .collect();
@@ -191,23 +215,24 @@ fn stem(spec: &str) -> String {
         .unwrap_or_else(|| "orders".into())
 }
 
-/// The protocol's ranking request for a query: top 20, basket excluded.
-pub fn rank_query(q: &Query) -> RankQuery {
-    RankQuery { customer_id: q.customer_id.clone(), basket: q.basket.clone(), k: 20, ..Default::default() }
+/// The protocol's ranking request for a query: top 20, basket excluded (and, for the discovery
+/// evaluation, the customer's past items).
+pub fn rank_query(q: &Query, new_to_customer: bool) -> RankQuery {
+    RankQuery { customer_id: q.customer_id.clone(), basket: q.basket.clone(), k: 20, new_to_customer, ..Default::default() }
 }
 
-fn local(model: &CrossSellModel, queries: &[Query]) -> anyhow::Result<Lists> {
+fn local(model: &CrossSellModel, queries: &[Query], new_to_customer: bool) -> anyhow::Result<Lists> {
     queries
         .par_iter()
         .map(|q| {
-            let r = model.rank(&rank_query(q))?;
+            let r = model.rank(&rank_query(q, new_to_customer))?;
             let items = r.items.iter().map(|i| model.parts().items.ids[i.item as usize].clone()).collect();
             Ok((items, Some(r.items.iter().map(|i| i.probability).collect())))
         })
         .collect()
 }
 
-fn remote(server: &str, queries: &[Query]) -> anyhow::Result<(String, Lists)> {
+fn remote(server: &str, queries: &[Query], new_to_customer: bool) -> anyhow::Result<(String, Lists)> {
     use xsell_proto::v1::ModelInfoRequest;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
@@ -216,7 +241,7 @@ fn remote(server: &str, queries: &[Query]) -> anyhow::Result<(String, Lists)> {
         tracing::info!(model = %info.name, version = %info.version, "replaying queries over gRPC");
         let mut lists = Vec::with_capacity(queries.len());
         for chunk in queries.chunks(200) {
-            rank_chunk(&mut client, chunk, &mut lists).await?;
+            rank_chunk(&mut client, chunk, new_to_customer, &mut lists).await?;
         }
         Ok((info.version, lists))
     })
@@ -224,11 +249,11 @@ fn remote(server: &str, queries: &[Query]) -> anyhow::Result<(String, Lists)> {
 
 /// Ranks a chunk of queries in one `RankBatch`; a chunk the server finds too costly
 /// (RESOURCE_EXHAUSTED: its work budget) is split in halves.
-async fn rank_chunk(client: &mut crate::client::Client, chunk: &[Query], lists: &mut Lists) -> anyhow::Result<()> {
+async fn rank_chunk(client: &mut crate::client::Client, chunk: &[Query], new_to_customer: bool, lists: &mut Lists) -> anyhow::Result<()> {
     use xsell_proto::v1::{RankBatchRequest, RankRequest};
     let requests = chunk
         .iter()
-        .map(|q| RankRequest { customer_id: q.customer_id.clone(), basket: q.basket.clone(), k: 20, ..Default::default() })
+        .map(|q| RankRequest { customer_id: q.customer_id.clone(), basket: q.basket.clone(), k: 20, new_to_customer, ..Default::default() })
         .collect();
     match client.rank_batch(crate::client::authed(RankBatchRequest { requests })).await {
         Ok(resp) => {
@@ -239,8 +264,8 @@ async fn rank_chunk(client: &mut crate::client::Client, chunk: &[Query], lists: 
         }
         Err(s) if s.code() == tonic::Code::ResourceExhausted && chunk.len() > 1 => {
             let (a, b) = chunk.split_at(chunk.len() / 2);
-            Box::pin(rank_chunk(client, a, lists)).await?;
-            Box::pin(rank_chunk(client, b, lists)).await
+            Box::pin(rank_chunk(client, a, new_to_customer, lists)).await?;
+            Box::pin(rank_chunk(client, b, new_to_customer, lists)).await
         }
         Err(s) => Err(s.into()),
     }
@@ -251,6 +276,7 @@ struct Tagger<'a> {
     log: &'a OrderLog,
     train_items: HashSet<ItemIx>,
     bought: HashSet<(u32, ItemIx)>,
+    past: HashMap<u32, HashSet<ItemIx>>,
     ix: HashMap<&'a str, ItemIx>,
     customer_ix: HashMap<&'a str, u32>,
     has_categories: bool,
@@ -260,12 +286,14 @@ impl<'a> Tagger<'a> {
     fn new(log: &'a OrderLog, train: &[usize]) -> Self {
         let mut train_items = HashSet::new();
         let mut bought = HashSet::new();
+        let mut past: HashMap<u32, HashSet<ItemIx>> = HashMap::new();
         for &o in train {
             let order = &log.orders[o];
             for &i in &order.items {
                 train_items.insert(i);
                 if let Some(c) = order.customer {
                     bought.insert((c, i));
+                    past.entry(c).or_default().insert(i);
                 }
             }
         }
@@ -273,10 +301,24 @@ impl<'a> Tagger<'a> {
             log,
             train_items,
             bought,
+            past,
             ix: log.catalog.ids.iter().enumerate().map(|(i, s)| (s.as_str(), i as ItemIx)).collect(),
             customer_ix: log.customers.iter().enumerate().map(|(i, s)| (s.as_str(), i as u32)).collect(),
             has_categories: log.catalog.categories.iter().any(Option::is_some),
         }
+    }
+
+    /// Whether a query's target is new to its (known) customer; `None` without a known customer.
+    fn novel(&self, q: &Query) -> Option<bool> {
+        let c = *self.customer_ix.get(q.customer_id.as_deref()?)?;
+        let t = *self.ix.get(q.target.as_str())?;
+        Some(!self.bought.contains(&(c, t)))
+    }
+
+    /// The items the query's customer bought in training.
+    fn past_items(&self, q: &Query) -> HashSet<ItemIx> {
+        let Some(&c) = q.customer_id.as_deref().and_then(|c| self.customer_ix.get(c)) else { return HashSet::new() };
+        self.past.get(&c).cloned().unwrap_or_default()
     }
 
     fn category(&self, id: &str) -> Option<&str> {
@@ -295,6 +337,36 @@ impl<'a> Tagger<'a> {
         let cross_category = self.category(&q.target).map(|c| !basket_cats.contains(c));
         let judged: Vec<bool> = ranked.iter().take(10).filter_map(|r| self.category(r)).map(|c| basket_cats.contains(c)).collect();
         QueryTags { novel_target, cross_category, same_category_top10: Some((judged.iter().filter(|&&s| s).count(), judged.len())) }
+    }
+}
+
+/// The discovery figures of one system.
+struct Discovery {
+    queries: usize,
+    hit10: f64,
+    mrr20: f64,
+    /// Standard error of hit@10, √(p(1−p)/n).
+    se: f64,
+}
+
+impl Discovery {
+    fn of(queries: &[Query], lists: &Lists, tags: &Tagger<'_>, n_train_items: usize) -> Self {
+        let m = judge(queries, lists, tags, n_train_items);
+        let n = queries.len();
+        let se = if n > 0 { (m.hit10 * (1.0 - m.hit10) / n as f64).sqrt() } else { f64::NAN };
+        Discovery { queries: n, hit10: m.hit10, mrr20: m.mrr20, se }
+    }
+}
+
+fn print_discovery(systems: &[(String, Discovery)]) {
+    let Some((_, first)) = systems.first().filter(|(_, d)| d.queries > 0) else {
+        outln!("\ndiscovery: no novel-target query (no known customer bought something new)");
+        return;
+    };
+    outln!("\ndiscovery ({} novel-target queries, the customer's past items excluded):", first.queries);
+    outln!("{:<24} {:>7} {:>9} {:>7}", "system", "hit@10", "(± se)", "mrr@20");
+    for (name, d) in systems {
+        outln!("{:<24} {:>7.4} {:>9} {:>7.4}", name, d.hit10, format!("±{:.4}", d.se), d.mrr20);
     }
 }
 

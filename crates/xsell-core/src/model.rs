@@ -357,6 +357,9 @@ pub struct RankQuery {
     pub max_per_category: usize,
     /// Keep substitutes of basket items (same category, bought together less than chance).
     pub allow_substitutes: bool,
+    /// Offer only items the customer has not bought before (discovery); no effect for an
+    /// unknown or anonymous customer.
+    pub new_to_customer: bool,
 }
 
 impl RankQuery {
@@ -721,6 +724,13 @@ impl CrossSellModel {
         }
         for id in &q.exclude {
             if let Some(i) = self.item(id) {
+                eligible[i as usize] = false;
+            }
+        }
+        if q.new_to_customer
+            && let Some(c) = customer
+        {
+            for &i in p.history.row(c as usize).0 {
                 eligible[i as usize] = false;
             }
         }

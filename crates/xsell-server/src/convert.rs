@@ -32,6 +32,7 @@ pub fn query(req: &v1::RankRequest) -> Result<RankQuery, Status> {
         min_probability: req.min_probability,
         max_per_category: req.max_per_category as usize,
         allow_substitutes: req.allow_substitutes,
+        new_to_customer: req.new_to_customer,
     };
     q.validate().map_err(core_status)?;
     Ok(q)
