@@ -81,6 +81,15 @@ async fn client(url: &str) -> CrossSellClient<Channel> {
     panic!("server at {url} did not come up");
 }
 
+/// Copies the files of one directory into another (a bundle under a new name).
+fn copy_files(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in std::fs::read_dir(from).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+    }
+}
+
 fn request(q: &Query, k: u32) -> RankRequest {
     RankRequest { customer_id: q.customer_id.clone(), basket: q.basket.clone(), k, ..Default::default() }
 }
@@ -321,10 +330,7 @@ fn frozen_bundles_of_every_format_load_and_rank() {
     // a bundle whose feature columns are not this build's is refused, not mis-scored
     let tmp = tempfile::tempdir().unwrap();
     let src = xsell_model::load_latest(&root.join(format!("format-{}", xsell_model::FORMAT_VERSION))).unwrap().path;
-    for f in std::fs::read_dir(&src).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), tmp.path().join(f.file_name())).unwrap();
-    }
+    copy_files(&src, tmp.path());
     let m = tmp.path().join("manifest.json");
     let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&m).unwrap()).unwrap();
     manifest["features"].as_array_mut().unwrap().swap(0, 1);

@@ -427,21 +427,13 @@ fn reloads_are_keyed_on_latest_and_refusals_retried_when_the_files_change() {
     let first = store.current().unwrap().key.clone();
     // a bundle copied under another directory name (its manifest still says the old version)
     let copy = dir.join("copied-bundle");
-    std::fs::create_dir(&copy).unwrap();
-    for f in std::fs::read_dir(dir.join(&first)).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), copy.join(f.file_name())).unwrap();
-    }
+    super::copy_files(&dir.join(&first), &copy);
     std::fs::write(dir.join("latest"), "copied-bundle").unwrap();
     assert_eq!(store.reload(), ReloadOutcome::Loaded("copied-bundle".into()));
     assert_eq!(store.reload(), ReloadOutcome::Unchanged, "loaded once, not at every poll");
     // a broken version is refused once, then left alone until its files change
     let broken = dir.join("broken");
-    std::fs::create_dir(&broken).unwrap();
-    for f in std::fs::read_dir(&copy).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), broken.join(f.file_name())).unwrap();
-    }
+    super::copy_files(&copy, &broken);
     std::fs::write(broken.join("tensors.safetensors"), b"garbage").unwrap();
     std::fs::write(dir.join("latest"), "broken").unwrap();
     assert!(matches!(store.reload(), ReloadOutcome::Refused { ref version, .. } if version == "broken"));

@@ -53,7 +53,12 @@ pub fn generated_queries(model: &xsell_core::CrossSellModel, n: usize, k: usize)
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`).
 fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    peak_rss_mib_of("self")
+}
+
+/// Peak resident memory of a process (`self` or a pid) in MiB (Linux `VmHWM`).
+pub fn peak_rss_mib_of(pid: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)

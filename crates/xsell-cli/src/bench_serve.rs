@@ -187,9 +187,7 @@ impl Drop for ChildServer {
 
 impl ChildServer {
     fn peak_rss_mib(&self) -> Option<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
+        crate::bench::peak_rss_mib_of(&self.child.id().to_string())
     }
 }
 

@@ -182,16 +182,15 @@ impl Inner {
             )));
         }
         let served = self.model()?;
-        let n = served.bundle.model.n_items();
-        let work: u64 = requests.iter().map(|r| request_work(n, r.basket.len())).sum();
+        let checked =
+            requests.into_iter().enumerate().map(|(k, r)| self.check(&served, r).map_err(|s| at(k, s))).collect::<Result<Vec<_>, _>>()?;
+        let work: u64 = checked.iter().map(|c| c.work).sum();
         if work > l.max_batch_work {
             return Err(Status::resource_exhausted(format!(
                 "the batch costs {work} work units, over limits.max_batch_work = {}; split it or send smaller baskets",
                 l.max_batch_work
             )));
         }
-        let checked =
-            requests.into_iter().enumerate().map(|(k, r)| self.check(&served, r).map_err(|s| at(k, s))).collect::<Result<Vec<_>, _>>()?;
         let this = self.clone();
         let job = move |cancel: &Cancel<'_>| {
             let mut responses = Vec::with_capacity(checked.len());
