@@ -306,8 +306,8 @@ fn training_is_deterministic_for_a_seed() {
 }
 
 /// Frozen bundles of every format the loader accepts, each written once by the code of its
-/// format (formats 2 and 3 by the builds of commits 6be9320^ and 7e9d916^, format 4 by this one, from a
-/// 400-order generated log).
+/// format (formats 2 and 3 by the builds of commits 6be9320^ and 7e9d916^, format 4 by that of
+/// 6663b30, format 5 by this one, each from a 400-order generated log).
 #[test]
 fn frozen_bundles_of_every_format_load_and_rank() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
@@ -320,6 +320,9 @@ fn frozen_bundles_of_every_format_load_and_rank() {
         if format < 3 {
             assert!(parts.ease_pairs.pairs.is_empty());
         }
+        // before format 5 the embedding neighbour lists are computed at load
+        assert_eq!(parts.neighbours.comp.n_rows(), parts.items.ids.len(), "format {format}: neighbour lists");
+        assert_eq!(parts.retrieval.budget, if format < 5 { xsell_core::retrieval::DEFAULT_BUDGET } else { 40 }, "format {format}");
         let basket = vec![parts.items.ids[0].clone()];
         let r = b.model.rank(&xsell_core::RankQuery { basket: basket.clone(), k: 5, ..Default::default() }).unwrap();
         assert_eq!(r.items.len(), 5, "format {format}");
@@ -337,4 +340,69 @@ fn frozen_bundles_of_every_format_load_and_rank() {
     std::fs::write(&m, serde_json::to_string(&manifest).unwrap()).unwrap();
     let msg = xsell_model::load(tmp.path()).unwrap_err().to_string();
     assert!(msg.contains("retrain"), "{msg}");
+}
+
+/// The protocol query as a core request, substitutes kept (so only the scores decide).
+fn core_query(q: &Query, k: usize) -> xsell_core::RankQuery {
+    xsell_core::RankQuery { customer_id: q.customer_id.clone(), basket: q.basket.clone(), k, allow_substitutes: true, ..Default::default() }
+}
+
+#[test]
+fn two_stage_ranking_with_a_budget_over_the_catalog_is_full_scoring() {
+    let w = world();
+    let mut model = xsell_core::CrossSellModel::new(w.fitted.parts.clone()).unwrap();
+    let n = model.n_items();
+    model.set_budget(n).unwrap();
+    let mut compared = 0;
+    for q in w.queries.iter().take(80) {
+        let rq = core_query(q, 10);
+        let got = model.rank(&rq).unwrap();
+        if got.suppressed.is_some() {
+            continue;
+        }
+        let customer = q.customer_id.as_deref().and_then(|c| model.customer(c));
+        let basket: Vec<ItemIx> = q.basket.iter().filter_map(|id| model.item(id)).collect();
+        // the reference: every catalog item scored, best first, basket left out
+        let x = model.features(customer, &basket);
+        let s = model.parts().ranker.scores(&x);
+        let mut all: Vec<ItemIx> = (0..n as ItemIx).filter(|j| !basket.contains(j)).collect();
+        all.sort_by(|&a, &b| s[b as usize].total_cmp(&s[a as usize]).then(a.cmp(&b)));
+        let want: Vec<(ItemIx, f32)> = all.iter().take(10).map(|&j| (j, s[j as usize])).collect();
+        let got: Vec<(ItemIx, f32)> = got.items.iter().map(|i| (i.item, i.score)).collect();
+        assert_eq!(got, want, "query {q:?}");
+        // an item's features do not depend on the other candidates
+        let c = model.candidates(&rq).unwrap();
+        assert_eq!(c.items.len(), n - basket.len(), "a budget over the catalog takes every eligible item");
+        let some: Vec<ItemIx> = c.items.iter().rev().step_by(7).copied().collect();
+        let sub = model.features_of(customer, &basket, &some);
+        for (r, &j) in some.iter().enumerate() {
+            assert_eq!(sub.row(r), x.row(j as usize), "item {j}");
+        }
+        compared += 1;
+    }
+    assert!(compared > 40, "{compared} queries compared");
+    assert!(model.set_budget(0).unwrap_err().to_string().contains("candidate budget"), "a zero budget is refused by name");
+}
+
+#[test]
+fn candidates_of_a_primary_item_hold_its_ground_truth_complements() {
+    let w = world();
+    let mut model = xsell_core::CrossSellModel::new(w.fitted.parts.clone()).unwrap();
+    let budget = model.n_items() / 5;
+    model.set_budget(budget).unwrap();
+    let (mut found, mut total) = (0, 0);
+    for (primary, complements) in &w.truth.complements {
+        if model.item(primary).is_none() {
+            continue;
+        }
+        let c = model.candidates(&xsell_core::RankQuery { basket: vec![primary.clone()], k: 10, ..Default::default() }).unwrap();
+        assert!(c.items.len() <= budget);
+        for comp in complements.iter().filter_map(|id| model.item(id)) {
+            total += 1;
+            found += usize::from(c.items.contains(&comp));
+        }
+    }
+    assert!(total > 50, "{total} complements");
+    let recall = found as f64 / total as f64;
+    assert!(recall >= 0.95, "a primary item's candidates (budget {budget} of {}) hold {recall:.3} of its complements", model.n_items());
 }

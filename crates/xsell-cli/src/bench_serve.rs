@@ -352,10 +352,10 @@ pub fn run(a: BenchServeArgs) -> anyhow::Result<()> {
             let n = model.n_items();
             let ids = &model.parts().items.ids;
             let mut basket_len = xsell_core::model::limits::MAX_BASKET.min(n);
-            while basket_len > 1 && xsell_server::request_work(n, basket_len) > limits.max_request_work {
+            while basket_len > 1 && model.request_work(basket_len, 0) > limits.max_request_work {
                 basket_len /= 2;
             }
-            let work = xsell_server::request_work(n, basket_len).max(1);
+            let work = model.request_work(basket_len, 0).max(1);
             let count =
                 (limits.max_batch_work / work).min(limits.max_batch as u64).min(limits.max_batch_offers as u64 / u64::from(a.k)).max(1)
                     as usize;

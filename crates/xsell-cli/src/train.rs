@@ -158,6 +158,10 @@ pub fn print_summary(r: &xsell_train::TrainReport, read_secs: f64, total_secs: f
         for (name, hit, mrr) in &r.validation.systems {
             outln!("  {name:<14} {hit:>8.4} {mrr:>8.4}");
         }
+        for (b, hit, mrr) in &r.budget_trials {
+            let kept = if *b == r.candidate_budget { " (kept)" } else { "" };
+            outln!("  candidate budget {b:>6}: hit@10 {hit:.4}, mrr@20 {mrr:.4}{kept}");
+        }
     }
     if let Some(e) = &r.ease {
         out!("EASE over the {} most-bought items, λ = {:.1} ({:.3} × mean item orders)", e.items, e.lambda, e.alpha);

@@ -16,6 +16,7 @@ pub mod model;
 pub mod names;
 pub mod numpy_rng;
 pub mod protocol;
+pub mod retrieval;
 
 pub use aggregate::Aggregates;
 pub use csr::Csr;

@@ -1,9 +1,11 @@
 //! The served cross-sell model and its ranking.
 //!
 //! [`ModelParts`] is the plain data a bundle stores; [`CrossSellModel`] validates it once and adds
-//! the lookup tables ranking needs. Ranking scores *every* catalog item for a query with the
-//! same feature code the trainer fits the ranker on ([`CrossSellModel::features`]), so training,
-//! `xsell eval` and the gRPC server cannot drift apart.
+//! the lookup tables ranking needs. Ranking has two stages: a bounded candidate set is gathered
+//! from sparse sources ([`crate::retrieval`]), then only those candidates get features and scores,
+//! with the same code the trainer fits the ranker on ([`CrossSellModel::candidate_features`]), so
+//! training, `xsell eval` and the gRPC server cannot drift apart, and no request does work
+//! proportional to the catalog.
 
 use std::collections::HashMap;
 
@@ -11,6 +13,7 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 
 use crate::names::NameIndex;
+use crate::retrieval::{Acc, Candidates, Marks, Neighbours, Retrieval, Scratch, truncate_best, unit_rows, with_scratch};
 use crate::{Csr, CustomerIx, Error, ItemIx, Result};
 
 /// Names of the ranker's features, in column order of [`CrossSellModel::features`].
@@ -304,7 +307,17 @@ pub struct ModelParts {
     pub ranker: Ranker,
     /// The policy.
     pub policy: Policy,
+    /// Embedding neighbour lists (empty: computed when the model is built, as for bundles
+    /// from before they were stored).
+    pub neighbours: Neighbours,
+    /// Candidate generation settings.
+    pub retrieval: Retrieval,
 }
+
+/// Neighbours kept per item and list when they are computed at load time.
+pub const LOAD_TIME_NEIGHBOURS: usize = 50;
+/// ... among at most this many most-bought items.
+pub const LOAD_TIME_NEIGHBOUR_TARGETS: usize = 20_000;
 
 /// Where the offer is shown; changes what is sensible to offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -475,7 +488,25 @@ pub struct CrossSellModel {
     pair_partners: Vec<Vec<(ItemIx, u32)>>,
     emb_in_unit: Array2<f32>,
     names: NameIndex,
+    /// Items by recent popularity, then popularity (the popular source walks it).
+    popular_order: Vec<ItemIx>,
+    /// Items by EASE intercept (empty without one).
+    prior_order: Vec<ItemIx>,
+    /// Per category: its items by popularity (the popular source under a category filter).
+    category_items: Vec<Vec<ItemIx>>,
 }
+
+/// A request resolved against the model: who, what is in the basket, what may be offered.
+struct Resolved {
+    customer: Option<CustomerIx>,
+    basket: Vec<ItemIx>,
+    unknown_items: Vec<String>,
+    suppressed: Option<Suppression>,
+    k: usize,
+}
+
+/// Source-list entries read per basket item, for [`CrossSellModel::request_work`].
+const ROW_WORK: u64 = 1024;
 
 impl CrossSellModel {
     /// Validates the parts and builds the lookup tables.
@@ -541,13 +572,33 @@ impl CrossSellModel {
                 })
             })
             .collect();
-        let mut emb_in_unit = parts.emb_in.clone();
-        for mut row in emb_in_unit.axis_iter_mut(Axis(0)) {
-            let norm = row.dot(&row).sqrt().max(1e-12);
-            row.mapv_inplace(|v| v / norm);
-        }
+        let emb_in_unit = unit_rows(&parts.emb_in);
         let substitute_category = substitute_categories(&parts, &category_of, category_index.len());
         let names = NameIndex::new(&parts.items.names);
+        parts.retrieval.validate()?;
+        let mut parts = parts;
+        if parts.neighbours.is_empty() {
+            parts.neighbours =
+                Neighbours::compute(&parts.emb_in, &parts.emb_out, &parts.items.orders, LOAD_TIME_NEIGHBOURS, LOAD_TIME_NEIGHBOUR_TARGETS);
+        }
+        parts.neighbours.validate(n).map_err(Error::Inconsistent)?;
+        let it = &parts.items;
+        let by = |key: &dyn Fn(usize) -> (f32, f32)| {
+            let mut v: Vec<ItemIx> = (0..n as ItemIx).collect();
+            v.sort_unstable_by(|&a, &b| {
+                let (ka, kb) = (key(a as usize), key(b as usize));
+                kb.0.total_cmp(&ka.0).then(kb.1.total_cmp(&ka.1)).then(a.cmp(&b))
+            });
+            v
+        };
+        let popular_order = by(&|j| (it.recent_orders[j], it.orders[j]));
+        let prior_order = if parts.ease_always_on.is_empty() { Vec::new() } else { by(&|j| (parts.ease_always_on[j], it.orders[j])) };
+        let mut category_items = vec![Vec::new(); category_index.len()];
+        for &j in &by(&|j| (it.orders[j], 0.0)) {
+            if let Some(c) = category_of[j as usize] {
+                category_items[c as usize].push(j);
+            }
+        }
         Ok(CrossSellModel {
             parts,
             item_index,
@@ -558,6 +609,9 @@ impl CrossSellModel {
             pair_partners,
             emb_in_unit,
             names,
+            popular_order,
+            prior_order,
+            category_items,
         })
     }
 
@@ -581,97 +635,354 @@ impl CrossSellModel {
         self.customer_index.get(id).copied()
     }
 
+    /// The candidate budget in use.
+    pub fn budget(&self) -> usize {
+        self.parts.retrieval.budget
+    }
+
+    /// Sets the candidate budget (for measuring the recall/latency trade-off).
+    pub fn set_budget(&mut self, budget: usize) -> Result<()> {
+        let r = Retrieval { budget };
+        r.validate()?;
+        self.parts.retrieval = r;
+        Ok(())
+    }
+
+    /// Work units of a request with `basket` items and an allow-list of `allow` items (0: none):
+    /// the candidates × (basket + features) matrix ranking fills, plus the source lists read per
+    /// basket item. Bounded by the budget, not by the catalog.
+    pub fn request_work(&self, basket: usize, allow: usize) -> u64 {
+        let m = if allow > 0 { allow } else { self.budget() }.min(self.n_items()) as u64;
+        m * (basket as u64 + N_FEATURES as u64) + basket as u64 * ROW_WORK
+    }
+
     /// Raw (unstandardized) features of every catalog item for a customer and basket:
-    /// an items × [`N_FEATURES`] matrix, columns as named in [`FEATURES`].
+    /// an items × [`N_FEATURES`] matrix, columns as named in [`FEATURES`] (work proportional to
+    /// the catalog: for tests and analysis, never on the serving path).
     pub fn features(&self, customer: Option<CustomerIx>, basket: &[ItemIx]) -> Array2<f32> {
-        use feature::*;
+        let all: Vec<ItemIx> = (0..self.n_items() as ItemIx).collect();
+        self.features_of(customer, basket, &all)
+    }
+
+    /// Raw features of `items` (row `r` is `items[r]`; each item once) for a customer and basket.
+    /// An item's row does not depend on which other items are listed.
+    pub fn features_of(&self, customer: Option<CustomerIx>, basket: &[ItemIx], items: &[ItemIx]) -> Array2<f32> {
+        with_scratch(|s| {
+            s.rows.begin(self.n_items());
+            for (r, &j) in items.iter().enumerate() {
+                s.rows.set(j, r as u32);
+            }
+            self.fill_features(customer, basket, items, &s.rows, &mut s.held)
+        })
+    }
+
+    /// The candidates the trainer and the validation rank for a query (basket items left out,
+    /// no other filter), with `extra` added when it is not among them (a training target), and
+    /// their raw features.
+    pub fn candidate_features(&self, customer: Option<CustomerIx>, basket: &[ItemIx], extra: Option<ItemIx>) -> (Candidates, Array2<f32>) {
+        with_scratch(|s| {
+            let n = self.n_items();
+            s.excluded.begin(n);
+            for &i in basket {
+                s.excluded.set(i, 0);
+            }
+            let Scratch { excluded, rows, acc, held, lists } = s;
+            let eligible = |j: ItemIx| !excluded.contains(j);
+            let mut c = self.gather(customer, basket, &[], &[], &eligible, self.budget(), basket.len(), acc, held, rows, lists);
+            if let Some(t) = extra.filter(|&t| !rows.contains(t) && (t as usize) < n) {
+                rows.set(t, c.items.len() as u32);
+                c.items.push(t);
+                c.sources.push(0);
+            }
+            let x = self.fill_features(customer, basket, &c.items, rows, held);
+            (c, x)
+        })
+    }
+
+    /// The candidate set a request would be ranked over, with the sources that brought each
+    /// item (what `xsell eval` reports as candidate recall).
+    pub fn candidates(&self, q: &RankQuery) -> Result<Candidates> {
+        with_scratch(|s| Ok(self.resolve_and_gather(q, s)?.1))
+    }
+
+    /// Checks the request, resolves its ids, and gathers its candidates (into `s.rows`).
+    fn resolve_and_gather(&self, q: &RankQuery, s: &mut Scratch) -> Result<(Resolved, Candidates)> {
+        q.validate()?;
+        let p = &self.parts;
+        let customer = q.customer_id.as_deref().and_then(|c| self.customer(c));
+        let mut basket = Vec::with_capacity(q.basket.len());
+        let mut unknown_items = Vec::new();
+        for id in &q.basket {
+            match self.item(id) {
+                Some(i) if !basket.contains(&i) => basket.push(i),
+                Some(_) => {}
+                None => unknown_items.push(id.clone()),
+            }
+        }
+        let mut resolved = Resolved { customer, basket, unknown_items, suppressed: None, k: q.k };
+        if let Some(c) = customer {
+            let c = c as usize;
+            let rate = p.customers.return_rate[c];
+            if rate >= p.policy.return_suppress_rate && p.customer_lines[c] >= p.policy.return_suppress_min_lines {
+                resolved.suppressed = Some(Suppression::ReturnRisk);
+                return Ok((resolved, Candidates::default()));
+            }
+        }
+        let n = self.n_items();
+        let Scratch { excluded, rows, acc, held, lists } = s;
+        excluded.begin(n);
+        let mut n_excluded = 0;
+        let mut exclude = |j: ItemIx| {
+            if !excluded.contains(j) {
+                excluded.set(j, 0);
+                n_excluded += 1;
+            }
+        };
+        resolved.basket.iter().for_each(|&i| exclude(i));
+        q.exclude.iter().filter_map(|id| self.item(id)).for_each(&mut exclude);
+        if q.new_to_customer
+            && let Some(c) = customer
+        {
+            p.history.row(c as usize).0.iter().for_each(|&i| exclude(i));
+        }
+        let wanted: Vec<u32> = q.categories.iter().filter_map(|c| self.category_index.get(c).copied()).collect();
+        let mut max_price = f32::NAN;
+        if q.touchpoint == Touchpoint::Checkout {
+            resolved.k = resolved.k.min(3);
+            max_price = resolved.basket.iter().map(|&i| p.items.prices[i as usize]).filter(|v| v.is_finite()).fold(f32::NAN, f32::max);
+        }
+        let eligible = |j: ItemIx| {
+            !excluded.contains(j)
+                && (q.categories.is_empty() || self.category_of[j as usize].is_some_and(|c| wanted.contains(&c)))
+                // unknown prices pass
+                && (max_price.is_nan() || p.items.prices[j as usize].partial_cmp(&max_price) != Some(std::cmp::Ordering::Greater))
+        };
+        let allow: Vec<ItemIx> = q.allow.iter().filter_map(|id| self.item(id)).collect();
+        if !q.allow.is_empty() && allow.is_empty() {
+            rows.begin(n);
+            return Ok((resolved, Candidates::default())); // none of the allowed items is known
+        }
+        let c = self.gather(customer, &resolved.basket, &allow, &wanted, &eligible, self.budget(), n_excluded, acc, held, rows, lists);
+        Ok((resolved, c))
+    }
+
+    /// Gathers candidates: the `allow` items when there are some, else the sources' lists merged
+    /// up to `budget`. Only items `eligible` lets through are taken; walks over the long
+    /// popularity lists stop after `4 × budget + excluded` steps, so a request never touches
+    /// the whole catalog. `rows` ends marking each candidate's position.
+    #[allow(clippy::too_many_arguments)]
+    fn gather(
+        &self,
+        customer: Option<CustomerIx>,
+        basket: &[ItemIx],
+        allow: &[ItemIx],
+        categories: &[u32],
+        eligible: &dyn Fn(ItemIx) -> bool,
+        budget: usize,
+        excluded: usize,
+        acc: &mut Acc,
+        held: &mut Marks,
+        rows: &mut Marks,
+        lists: &mut Vec<Vec<(ItemIx, f32)>>,
+    ) -> Candidates {
         let p = &self.parts;
         let n = self.n_items();
-        let mut x = Array2::<f32>::zeros((n, N_FEATURES));
+        rows.begin(n);
+        let mut out = Candidates::default();
+        if !allow.is_empty() {
+            for &j in allow {
+                if eligible(j) && !rows.contains(j) {
+                    rows.set(j, out.items.len() as u32);
+                    out.items.push(j);
+                    out.sources.push(0);
+                }
+            }
+            return out;
+        }
+        let walk = budget.saturating_mul(4).saturating_add(excluded);
+        lists.resize_with(crate::retrieval::SOURCES.len(), Vec::new);
+        lists.iter_mut().for_each(Vec::clear);
+        let take = |acc: &Acc, list: &mut Vec<(ItemIx, f32)>| {
+            list.extend(acc.items.iter().copied().filter(|&(j, _)| eligible(j)));
+            truncate_best(list, budget);
+        };
+        let history = customer.map(|c| (p.history.row(c as usize), p.customers.orders[c as usize].max(1.0)));
+        // EASE: the basket's rows, the pairs it holds whole, the customer's past items, the intercept
+        acc.begin(n);
+        for &i in basket {
+            let (cols, vals) = p.ease.row(i as usize);
+            cols.iter().zip(vals).for_each(|(&j, &b)| acc.add(j, b));
+        }
+        self.for_each_pair_weight(basket, held, |j, w| acc.add(j, w));
+        if let Some(((items, counts), orders)) = history {
+            for (&i, &h) in items.iter().zip(counts) {
+                let (cols, vals) = p.ease.row(i as usize);
+                cols.iter().zip(vals).for_each(|(&j, &b)| acc.add(j, h / orders * b));
+            }
+        }
+        if !p.ease_always_on.is_empty() {
+            acc.items.iter_mut().for_each(|(j, v)| *v += p.ease_always_on[*j as usize]);
+        }
+        take(acc, &mut lists[0]);
+        if !p.ease_always_on.is_empty() {
+            let untouched = self.prior_order.iter().take(walk).filter(|&&j| !acc.contains(j) && eligible(j)).take(budget);
+            lists[0].extend(untouched.map(|&j| (j, p.ease_always_on[j as usize])));
+            truncate_best(&mut lists[0], budget);
+        }
+        // co-occurrence: Σ P(j | i)
+        acc.begin(n);
+        for &i in basket {
+            let ci = p.items.orders[i as usize].max(1.0);
+            let (cols, vals) = p.pairs.row(i as usize);
+            cols.iter().zip(vals).for_each(|(&j, &c)| acc.add(j, c / ci));
+        }
+        take(acc, &mut lists[1]);
+        // embedding neighbours (mean over the basket) and look-alikes (max)
+        acc.begin(n);
+        for &i in basket {
+            let (cols, vals) = p.neighbours.comp.row(i as usize);
+            cols.iter().zip(vals).for_each(|(&j, &v)| acc.add(j, v / basket.len() as f32));
+        }
+        take(acc, &mut lists[2]);
+        acc.begin(n);
+        for &i in basket {
+            let (cols, vals) = p.neighbours.similar.row(i as usize);
+            cols.iter().zip(vals).for_each(|(&j, &v)| acc.max(j, v));
+        }
+        take(acc, &mut lists[3]);
+        // look-alike names
+        acc.begin(n);
+        self.names.look_alikes(basket, |j, v| acc.add(j, v));
+        take(acc, &mut lists[4]);
+        // the customer's past items, by share of the customer's orders plus recency
+        if let Some(c) = customer {
+            let (items, counts) = p.history.row(c as usize);
+            let (_, ages) = p.since.row(c as usize);
+            let orders = p.customers.orders[c as usize].max(1.0);
+            let scored = items.iter().zip(counts).zip(ages).map(|((&i, &h), &age)| (i, h / orders + 1.0 / (1.0 + age.max(0.0))));
+            lists[5].extend(scored.filter(|&(j, _)| eligible(j)));
+            truncate_best(&mut lists[5], budget);
+        }
+        // popularity: within the wanted categories, else recent popularity
+        let popular: Box<dyn Iterator<Item = &ItemIx>> = if categories.is_empty() {
+            Box::new(self.popular_order.iter())
+        } else {
+            Box::new(categories.iter().flat_map(|&c| self.category_items[c as usize].iter()))
+        };
+        let walked = popular.take(walk).filter(|&&j| eligible(j)).take(budget);
+        lists[6].extend(walked.enumerate().map(|(r, &j)| (j, -(r as f32))));
+        crate::retrieval::merge(lists, budget, rows, &mut out);
+        out
+    }
+
+    /// Raw features of the candidate `items` (`rows` marks each one's row).
+    fn fill_features(
+        &self,
+        customer: Option<CustomerIx>,
+        basket: &[ItemIx],
+        items: &[ItemIx],
+        rows: &Marks,
+        held: &mut Marks,
+    ) -> Array2<f32> {
+        use feature::*;
+        let p = &self.parts;
+        let m = items.len();
+        let mut x = Array2::<f32>::zeros((m, N_FEATURES));
         let log_n = (1.0 + p.n_orders).ln().max(1e-6);
         let log_recent = (1.0 + p.n_recent).ln().max(1e-6);
-        for j in 0..n {
-            x[[j, POPULARITY]] = (1.0 + p.items.orders[j]).ln() / log_n;
-            x[[j, POP_RECENT]] = (1.0 + p.items.recent_orders[j]).ln() / log_recent;
-            x[[j, ITEM_RETURNS]] = p.items.return_rate[j];
+        for (r, &j) in items.iter().enumerate() {
+            let j = j as usize;
+            x[[r, POPULARITY]] = (1.0 + p.items.orders[j]).ln() / log_n;
+            x[[r, POP_RECENT]] = (1.0 + p.items.recent_orders[j]).ln() / log_recent;
+            x[[r, ITEM_RETURNS]] = p.items.return_rate[j];
         }
-        if !basket.is_empty() {
+        if !basket.is_empty() && m > 0 {
             let inv_b = 1.0 / basket.len() as f32;
             for &i in basket {
                 let ci = p.items.orders[i as usize].max(1.0);
                 let (cols, vals) = p.pairs.row(i as usize);
                 for (&j, &cij) in cols.iter().zip(vals) {
-                    let j = j as usize;
+                    let Some(r) = rows.get(j) else { continue };
+                    let r = r as usize;
                     let cond = cij / ci;
-                    let jac = cij / (ci + p.items.orders[j] - cij).max(1.0);
-                    x[[j, COOC_MAX]] = x[[j, COOC_MAX]].max(cond);
-                    x[[j, COOC_MEAN]] += cond * inv_b;
-                    x[[j, JACCARD_MAX]] = x[[j, JACCARD_MAX]].max(jac);
-                    x[[j, JACCARD_MEAN]] += jac * inv_b;
+                    let jac = cij / (ci + p.items.orders[j as usize] - cij).max(1.0);
+                    x[[r, COOC_MAX]] = x[[r, COOC_MAX]].max(cond);
+                    x[[r, COOC_MEAN]] += cond * inv_b;
+                    x[[r, JACCARD_MAX]] = x[[r, JACCARD_MAX]].max(jac);
+                    x[[r, JACCARD_MEAN]] += jac * inv_b;
                 }
                 let (cols, vals) = p.ease.row(i as usize);
                 for (&j, &b) in cols.iter().zip(vals) {
-                    x[[j as usize, EASE]] += b;
+                    if let Some(r) = rows.get(j) {
+                        x[[r as usize, EASE]] += b;
+                    }
                 }
             }
-            self.add_pair_weights(basket, x.column_mut(EASE));
+            self.for_each_pair_weight(basket, held, |j, w| {
+                if let Some(r) = rows.get(j) {
+                    x[[r as usize, EASE]] += w;
+                }
+            });
             if !p.ease_always_on.is_empty() {
-                x.column_mut(EASE).scaled_add(1.0, &ArrayView1::from(&p.ease_always_on));
+                for (r, &j) in items.iter().enumerate() {
+                    x[[r, EASE]] += p.ease_always_on[j as usize];
+                }
             }
-            let (name_basket, name_max) = self.names.features(basket, n);
-            x.column_mut(NAME_BASKET).assign(&ArrayView1::from(&name_basket));
-            x.column_mut(NAME_MAX).assign(&ArrayView1::from(&name_max));
-            let rows: Vec<usize> = basket.iter().map(|&i| i as usize).collect();
-            let mean_in = p.emb_in.select(Axis(0), &rows).mean_axis(Axis(0)).expect("basket is not empty");
-            x.column_mut(EMB_COMP).assign(&p.emb_out.dot(&mean_in));
-            let sims = self.emb_in_unit.dot(&self.emb_in_unit.select(Axis(0), &rows).t());
-            for (j, row) in sims.axis_iter(Axis(0)).enumerate() {
-                x[[j, EMB_COS]] = row.iter().copied().fold(f32::MIN, f32::max);
+            let (basket_sim, best) = self.names.similarities(basket, items);
+            x.column_mut(NAME_BASKET).assign(&ArrayView1::from(&basket_sim));
+            x.column_mut(NAME_MAX).assign(&ArrayView1::from(&best));
+            let b_rows: Vec<usize> = basket.iter().map(|&i| i as usize).collect();
+            let c_rows: Vec<usize> = items.iter().map(|&j| j as usize).collect();
+            let mean_in = p.emb_in.select(Axis(0), &b_rows).mean_axis(Axis(0)).expect("basket is not empty");
+            x.column_mut(EMB_COMP).assign(&p.emb_out.select(Axis(0), &c_rows).dot(&mean_in));
+            let sims = self.emb_in_unit.select(Axis(0), &c_rows).dot(&self.emb_in_unit.select(Axis(0), &b_rows).t());
+            for (r, row) in sims.axis_iter(Axis(0)).enumerate() {
+                x[[r, EMB_COS]] = row.iter().copied().fold(f32::MIN, f32::max);
             }
         }
-        if let Some(c) = customer {
+        if let Some(c) = customer
+            && m > 0
+        {
             let orders = p.customers.orders[c as usize].max(1.0);
             let (cols, vals) = p.history.row(c as usize);
             let (_, ages) = p.since.row(c as usize); // the same pairs, validated
             for ((&i, &h), &age) in cols.iter().zip(vals).zip(ages) {
                 let share = h / orders;
-                x[[i as usize, HIST_LOG]] = h.ln_1p();
-                x[[i as usize, HIST_SHARE]] = share;
-                x[[i as usize, HIST_RECENCY]] = 1.0 / (1.0 + age.max(0.0));
+                if let Some(r) = rows.get(i) {
+                    let r = r as usize;
+                    x[[r, HIST_LOG]] = h.ln_1p();
+                    x[[r, HIST_SHARE]] = share;
+                    x[[r, HIST_RECENCY]] = 1.0 / (1.0 + age.max(0.0));
+                }
                 let (ecols, evals) = p.ease.row(i as usize);
                 for (&j, &b) in ecols.iter().zip(evals) {
-                    x[[j as usize, EASE_HISTORY]] += share * b;
+                    if let Some(r) = rows.get(j) {
+                        x[[r as usize, EASE_HISTORY]] += share * b;
+                    }
                 }
             }
         }
         x
     }
 
-    /// Adds the weights of every EASE pair held whole by `basket` to `ease`.
-    fn add_pair_weights(&self, basket: &[ItemIx], mut ease: ndarray::ArrayViewMut1<'_, f32>) {
+    /// Calls `f(j, w)` for every weight of every EASE pair held whole by `basket`.
+    fn for_each_pair_weight(&self, basket: &[ItemIx], held: &mut Marks, mut f: impl FnMut(ItemIx, f32)) {
         let pw = &self.parts.ease_pairs;
         if pw.pairs.is_empty() || basket.len() < 2 {
             return;
         }
-        let mut held = vec![false; self.n_items()];
+        held.begin(self.n_items());
         for &i in basket {
-            held[i as usize] = true;
+            held.set(i, 0);
         }
         for &a in basket {
             for &(b, q) in &self.pair_partners[a as usize] {
-                if held[b as usize] {
+                if held.contains(b) {
                     let (cols, vals) = pw.weights.row(q as usize);
-                    for (&j, &w) in cols.iter().zip(vals) {
-                        ease[j as usize] += w;
-                    }
+                    cols.iter().zip(vals).for_each(|(&j, &w)| f(j, w));
                 }
             }
         }
-    }
-
-    /// Scores of every item for a customer and basket.
-    pub fn scores(&self, customer: Option<CustomerIx>, basket: &[ItemIx]) -> Array1<f32> {
-        self.parts.ranker.scores(&self.features(customer, basket))
     }
 
     /// True when `j` is a substitute of basket item `i`: same known category, and bought
@@ -694,80 +1005,36 @@ impl CrossSellModel {
         }
     }
 
-    /// Ranks offers for a request (validated here).
+    /// Ranks offers for a request (validated here): candidates from the sources (or the
+    /// allow-list), then features and scores for those only.
     pub fn rank(&self, q: &RankQuery) -> Result<Ranking> {
-        q.validate()?;
+        with_scratch(|s| self.rank_in(q, s))
+    }
+
+    fn rank_in(&self, q: &RankQuery, s: &mut Scratch) -> Result<Ranking> {
+        let (r, cands) = self.resolve_and_gather(q, s)?;
         let p = &self.parts;
-        let customer = q.customer_id.as_deref().and_then(|c| self.customer(c));
-        let mut basket = Vec::with_capacity(q.basket.len());
-        let mut unknown_items = Vec::new();
-        for id in &q.basket {
-            match self.item(id) {
-                Some(i) if !basket.contains(&i) => basket.push(i),
-                Some(_) => {}
-                None => unknown_items.push(id.clone()),
-            }
+        let mut out = Ranking {
+            customer_known: r.customer.is_some(),
+            unknown_items: r.unknown_items,
+            suppressed: r.suppressed,
+            ..Default::default()
+        };
+        if out.suppressed.is_some() || cands.items.is_empty() {
+            return Ok(out);
         }
-        let mut out = Ranking { customer_known: customer.is_some(), unknown_items, ..Default::default() };
-        if let Some(c) = customer {
-            let c = c as usize;
-            let rate = p.customers.return_rate[c];
-            if rate >= p.policy.return_suppress_rate && p.customer_lines[c] >= p.policy.return_suppress_min_lines {
-                out.suppressed = Some(Suppression::ReturnRisk);
-                return Ok(out);
-            }
-        }
-        let n = self.n_items();
-        let mut eligible = vec![true; n];
-        for &i in &basket {
-            eligible[i as usize] = false;
-        }
-        for id in &q.exclude {
-            if let Some(i) = self.item(id) {
-                eligible[i as usize] = false;
-            }
-        }
-        if q.new_to_customer
-            && let Some(c) = customer
-        {
-            for &i in p.history.row(c as usize).0 {
-                eligible[i as usize] = false;
-            }
-        }
-        if !q.allow.is_empty() {
-            let mut allowed = vec![false; n];
-            for i in q.allow.iter().filter_map(|id| self.item(id)) {
-                allowed[i as usize] = true;
-            }
-            eligible.iter_mut().zip(&allowed).for_each(|(e, a)| *e &= a);
-        }
-        if !q.categories.is_empty() {
-            let wanted: Vec<u32> = q.categories.iter().filter_map(|c| self.category_index.get(c).copied()).collect();
-            for (j, e) in eligible.iter_mut().enumerate() {
-                *e &= self.category_of[j].is_some_and(|c| wanted.contains(&c));
-            }
-        }
-        let mut k = q.k;
-        if q.touchpoint == Touchpoint::Checkout {
-            k = k.min(3);
-            let max_price = basket.iter().map(|&i| p.items.prices[i as usize]).filter(|v| v.is_finite()).fold(f32::NAN, f32::max);
-            if max_price.is_finite() {
-                for (j, e) in eligible.iter_mut().enumerate() {
-                    *e &= p.items.prices[j].partial_cmp(&max_price) != Some(std::cmp::Ordering::Greater); // unknown prices pass
-                }
-            }
-        }
-        let x = self.features(customer, &basket);
+        let (customer, basket, items) = (r.customer, &r.basket, &cands.items);
+        let x = self.fill_features(customer, basket, items, &s.rows, &mut s.held);
         let scores = p.ranker.scores(&x);
-        let mut order: Vec<ItemIx> = (0..n as ItemIx).filter(|&j| eligible[j as usize]).collect();
-        order.sort_unstable_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]).then(a.cmp(&b)));
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_unstable_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(items[a].cmp(&items[b])));
         let mut per_category: HashMap<u32, usize> = HashMap::new();
-        for j in order {
-            if out.items.len() == k {
+        for row in order {
+            if out.items.len() == r.k {
                 break;
             }
-            let s = scores[j as usize];
-            let probability = p.ranker.probability(s);
+            let (j, score) = (items[row], scores[row]);
+            let probability = p.ranker.probability(score);
             if probability < q.min_probability {
                 break; // scores are sorted, so every later item is below the threshold too
             }
@@ -783,7 +1050,7 @@ impl CrossSellModel {
                 }
                 *seen += 1;
             }
-            out.items.push(RankedItem { item: j, score: s, probability, reason: self.reason(customer, &basket, j, x.row(j as usize)) });
+            out.items.push(RankedItem { item: j, score, probability, reason: self.reason(customer, basket, j, x.row(row)) });
         }
         Ok(out)
     }

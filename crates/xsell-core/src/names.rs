@@ -9,14 +9,17 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::ItemIx;
 
-/// TF-IDF name vectors of a catalog, with an inverted index for sparse dot products.
+/// TF-IDF name vectors of a catalog, with an inverted index for finding look-alikes.
 #[derive(Debug, Clone, Default)]
 pub struct NameIndex {
-    /// Per item: (word, weight), L2-normalized (empty when the item has no usable name).
+    /// Per item: (word, weight) by word, L2-normalized (empty when the item has no usable name).
     vectors: Vec<Vec<(u32, f32)>>,
-    /// Per word: (item, weight).
+    /// Per word: (item, weight), heaviest first (the shortest names holding the word).
     postings: Vec<Vec<(ItemIx, f32)>>,
 }
+
+/// Items read per basket word when looking for look-alikes.
+pub const POSTINGS_PER_WORD: usize = 64;
 
 fn words(name: &str) -> impl Iterator<Item = String> + '_ {
     name.split(|c: char| !c.is_alphanumeric())
@@ -48,58 +51,107 @@ impl NameIndex {
         let mut df = vec![0f32; vocab.len()];
         docs.iter().flatten().for_each(|&w| df[w as usize] += 1.0);
         let n = names.len().max(1) as f32;
-        let mut postings = vec![Vec::new(); vocab.len()];
-        let vectors = docs
+        let vectors: Vec<Vec<(u32, f32)>> = docs
             .into_iter()
-            .enumerate()
-            .map(|(i, ws)| {
+            .map(|ws| {
                 // a word every item shares tells nothing: idf 0
                 let mut v: Vec<(u32, f32)> = ws.into_iter().map(|w| (w, (n / df[w as usize]).ln())).filter(|(_, x)| *x > 0.0).collect();
                 let norm = v.iter().map(|(_, x)| x * x).sum::<f32>().sqrt();
                 v.iter_mut().for_each(|(_, x)| *x /= norm.max(1e-12));
-                for &(w, x) in &v {
-                    postings[w as usize].push((i as ItemIx, x));
-                }
                 v
             })
             .collect();
+        let mut postings = vec![Vec::new(); vocab.len()];
+        for (i, v) in vectors.iter().enumerate() {
+            for &(w, x) in v {
+                postings[w as usize].push((i as ItemIx, x));
+            }
+        }
+        for p in &mut postings {
+            p.sort_unstable_by(|a: &(ItemIx, f32), b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        }
         NameIndex { vectors, postings }
     }
 
-    /// For every item j: the cosine between j's name and the sum of the basket's name vectors,
-    /// and the largest cosine between j's name and one basket item's name.
-    pub fn features(&self, basket: &[ItemIx], n_items: usize) -> (Vec<f32>, Vec<f32>) {
-        // ordered, so the float sums below come out the same on every run
+    /// Calls `f(j, s)` for items `j` whose names share words with the basket's, `s` a part of
+    /// their cosine with the basket's names together; at most [`POSTINGS_PER_WORD`] items per
+    /// basket word (bounded work, whatever the catalog).
+    pub fn look_alikes(&self, basket: &[ItemIx], mut f: impl FnMut(ItemIx, f32)) {
+        let profile = self.profile(basket);
+        if profile.norm <= 0.0 {
+            return;
+        }
+        for &(w, x) in &profile.centroid {
+            for &(j, y) in self.postings[w as usize].iter().take(POSTINGS_PER_WORD) {
+                f(j, x * y / profile.norm);
+            }
+        }
+    }
+
+    /// The basket's names together: the sum of their vectors (by word) and its norm.
+    fn profile(&self, basket: &[ItemIx]) -> NameProfile {
+        // ordered, so the float sums come out the same on every run
         let mut centroid: BTreeMap<u32, f32> = BTreeMap::new();
-        let mut best = vec![0f32; n_items];
-        let mut pair = vec![0f32; n_items];
-        let mut touched: Vec<usize> = Vec::new();
-        for &i in basket {
-            let Some(v) = self.vectors.get(i as usize) else { continue };
+        for v in basket.iter().filter_map(|&i| self.vectors.get(i as usize)) {
             for &(w, x) in v {
                 *centroid.entry(w).or_default() += x;
-                for &(j, y) in &self.postings[w as usize] {
-                    if pair[j as usize] == 0.0 {
-                        touched.push(j as usize);
+            }
+        }
+        let norm = centroid.values().map(|x| x * x).sum::<f32>().sqrt();
+        NameProfile { centroid: centroid.into_iter().collect(), norm }
+    }
+
+    /// For each of `items`: the cosine between its name and the basket's names together, and
+    /// the largest cosine between its name and one basket item's name. Work: the items' words
+    /// (sorted once) plus, per basket word, the items sharing it.
+    pub fn similarities(&self, basket: &[ItemIx], items: &[ItemIx]) -> (Vec<f32>, Vec<f32>) {
+        let profile = self.profile(basket);
+        let mut basket_sim = vec![0f32; items.len()];
+        let mut best = vec![0f32; items.len()];
+        // the items' words, by word: (word, row, weight)
+        let mut words: Vec<(u32, u32, f32)> = Vec::new();
+        for (r, &j) in items.iter().enumerate() {
+            let Some(v) = self.vectors.get(j as usize) else { continue };
+            if profile.norm > 0.0 {
+                for &(w, y) in v {
+                    if let Ok(k) = profile.centroid.binary_search_by_key(&w, |&(w, _)| w) {
+                        basket_sim[r] += profile.centroid[k].1 * y / profile.norm;
                     }
-                    pair[j as usize] += x * y;
                 }
             }
-            for &j in &touched {
-                best[j] = best[j].max(pair[j]);
-                pair[j] = 0.0;
+            words.extend(v.iter().map(|&(w, y)| (w, r as u32, y)));
+        }
+        if words.is_empty() {
+            return (basket_sim, best);
+        }
+        words.sort_unstable_by_key(|&(w, r, _)| (w, r));
+        let mut pair = vec![0f32; items.len()];
+        let mut touched: Vec<usize> = Vec::new();
+        for vi in basket.iter().filter_map(|&i| self.vectors.get(i as usize)) {
+            // in the order of i's words, as a dot product of the two sorted vectors would add
+            for &(w, x) in vi {
+                let start = words.partition_point(|&(v, _, _)| v < w);
+                for &(_, r, y) in words[start..].iter().take_while(|&&(v, _, _)| v == w) {
+                    if pair[r as usize] == 0.0 {
+                        touched.push(r as usize);
+                    }
+                    pair[r as usize] += x * y;
+                }
+            }
+            for &r in &touched {
+                best[r] = best[r].max(pair[r]);
+                pair[r] = 0.0;
             }
             touched.clear();
         }
-        let norm = centroid.values().map(|x| x * x).sum::<f32>().sqrt();
-        let mut basket_sim = vec![0f32; n_items];
-        if norm > 0.0 {
-            for (&w, &x) in &centroid {
-                for &(j, y) in &self.postings[w as usize] {
-                    basket_sim[j as usize] += x * y / norm;
-                }
-            }
-        }
         (basket_sim, best)
     }
+}
+
+/// The basket's name vectors summed.
+#[derive(Debug, Clone, Default)]
+struct NameProfile {
+    /// (word, weight), by word.
+    centroid: Vec<(u32, f32)>,
+    norm: f32,
 }

@@ -163,6 +163,8 @@ fn tiny_model() -> CrossSellModel {
             calib_b: -2.0,
         },
         policy: Policy::default(),
+        neighbours: Default::default(),
+        retrieval: Default::default(),
     };
     CrossSellModel::new(parts).unwrap()
 }
@@ -337,7 +339,7 @@ fn names_score_look_alike_designs() {
             .chain([None])
             .collect();
     let idx = names::NameIndex::new(&names);
-    let (basket, best) = idx.features(&[0], names.len());
+    let (basket, best) = idx.similarities(&[0], &(0..names.len() as ItemIx).collect::<Vec<_>>());
     assert!(best[1] > 0.5 && best[1] < 1.0, "shared design words: {}", best[1]);
     assert_eq!((best[2], best[4], best[5]), (0.0, 0.0, 0.0), "no shared word, digits and no name give nothing");
     assert!((basket[1] - best[1]).abs() < 1e-6, "one basket item: the centroid is that item");

@@ -7,16 +7,18 @@ use ndarray::Array2;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use xsell_core::model::{ModelParts, PairWeights, Policy, Ranker};
+use xsell_core::retrieval::{Neighbours, Retrieval};
 use xsell_core::{CrossSellModel, Csr};
 use xsell_data::tables;
 
 use crate::{BundleError, Result};
 
 /// The bundle format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// The oldest bundle format this build still loads: version 2 bundles predate higher-order EASE
-/// and load without pair weights, versions 2 and 3 predate EASE's intercept and load without it
+/// and load without pair weights, versions 2 and 3 predate EASE's intercept and load without it,
+/// versions 2 to 4 predate the stored embedding neighbour lists, which are computed at load
 /// (a server upgraded in place keeps serving them).
 pub const OLDEST_FORMAT_VERSION: u32 = 2;
 
@@ -75,6 +77,9 @@ pub struct Manifest {
     /// Recent training orders (the trend window).
     #[serde(default)]
     pub n_recent: f32,
+    /// Candidate generation settings (the defaults for bundles before format 5).
+    #[serde(default)]
+    pub retrieval: Retrieval,
 }
 
 impl Manifest {
@@ -98,6 +103,7 @@ impl Manifest {
             dim: 0,
             n_orders: 0.0,
             n_recent: 0.0,
+            retrieval: Retrieval::default(),
         }
     }
 }
@@ -150,6 +156,7 @@ fn save_with(dir: &Path, mut manifest: Manifest, parts: &ModelParts, sync: &mut 
     manifest.n_recent = parts.n_recent;
     manifest.ranker = parts.ranker.clone();
     manifest.policy = parts.policy;
+    manifest.retrieval = parts.retrieval;
     manifest.features = xsell_core::model::FEATURES.iter().map(|s| s.to_string()).collect();
 
     let tmp = dir.join(format!(".tmp-{version}-{}", std::process::id()));
@@ -245,6 +252,8 @@ fn write_tensors(path: &Path, parts: &ModelParts) -> Result<()> {
         ("since", &parts.since),
         ("ease", &parts.ease),
         ("ease_pair_weights", &ep.weights),
+        ("neighbours_comp", &parts.neighbours.comp),
+        ("neighbours_similar", &parts.neighbours.similar),
     ];
     for (name, csr) in csrs {
         owned.push((format!("{name}.indptr"), Dtype::U32, vec![csr.indptr.len()], u32_bytes(&csr.indptr)));
@@ -362,6 +371,12 @@ pub fn load(path: &Path) -> Result<Bundle> {
         n_recent: manifest.n_recent,
         ranker: manifest.ranker.clone(),
         policy: manifest.policy,
+        neighbours: if found >= 5 {
+            Neighbours { comp: csr("neighbours_comp")?, similar: csr("neighbours_similar")? }
+        } else {
+            Neighbours::default()
+        },
+        retrieval: manifest.retrieval,
     };
     let model = CrossSellModel::new(parts).map_err(|source| BundleError::Inconsistent { path: path.into(), source })?;
     Ok(Bundle { manifest, model, path: path.into() })

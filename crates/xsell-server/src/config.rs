@@ -80,8 +80,9 @@ pub struct Limits {
     pub max_batch: usize,
     /// Most offers one `RankBatch` may ask for (the sum of its `k`s): bounds the response.
     pub max_batch_offers: usize,
-    /// Most work units one request may cost: catalog items × (basket items + 16 features), the
-    /// size of the score matrix ranking fills (RESOURCE_EXHAUSTED beyond it).
+    /// Most work units one request may cost: candidates (the model's budget, or the
+    /// allow-list) × (basket items + 16 features), the size of the score matrix ranking fills,
+    /// plus 1024 per basket item for the candidate sources (RESOURCE_EXHAUSTED beyond it).
     pub max_request_work: u64,
     /// Most work units one `RankBatch` may cost in all.
     pub max_batch_work: u64,

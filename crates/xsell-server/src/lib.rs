@@ -27,7 +27,7 @@ use std::time::Duration;
 
 pub use config::{ConfigError, LogFormat, ServeConfig};
 pub use metrics::Metrics;
-pub use service::{CrossSellService, MAX_REQUEST_ID, request_work};
+pub use service::{CrossSellService, MAX_REQUEST_ID};
 pub use store::{ModelStore, ReloadOutcome, Served};
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;

@@ -21,11 +21,6 @@ use crate::{ModelStore, convert};
 /// Longest caller-chosen `request_id`, in bytes.
 pub const MAX_REQUEST_ID: usize = 128;
 
-/// Work units of one request: the catalog × (basket + features) score matrix ranking fills.
-pub fn request_work(n_items: usize, basket: usize) -> u64 {
-    n_items as u64 * (basket as u64 + xsell_core::model::FEATURES.len() as u64)
-}
-
 /// Implements `xsell.v1.CrossSell` over a [`ModelStore`].
 #[derive(Debug, Clone)]
 pub struct CrossSellService {
@@ -122,10 +117,10 @@ impl Inner {
         if req.request_id.chars().any(char::is_control) {
             return Err(Status::invalid_argument("request_id holds control characters"));
         }
-        let work = request_work(served.bundle.model.n_items(), req.basket.len());
+        let work = served.bundle.model.request_work(req.basket.len(), req.candidates.len());
         if work > self.limits.max_request_work {
             return Err(Status::resource_exhausted(format!(
-                "the request costs {work} work units (catalog items × (basket items + 16)), over limits.max_request_work = {}; send a smaller basket",
+                "the request costs {work} work units (candidates × (basket items + 16) + basket items × 1024), over limits.max_request_work = {}; send a smaller basket or allow-list",
                 self.limits.max_request_work
             )));
         }

@@ -41,10 +41,19 @@ pub struct TrainConfig {
     pub validation_fraction: f64,
     /// Queries drawn from those orders (at most).
     pub ranker_queries: usize,
-    /// Hard negatives per ranker query (the best items of each candidate source).
+    /// Hard negatives per ranker query: its first candidates, in the order the sources took
+    /// turns gathering them (each source's favourites).
     pub ranker_hard_negatives: usize,
-    /// Random negatives per ranker query.
+    /// Random negatives per ranker query, drawn from the rest of its candidates.
     pub ranker_random_negatives: usize,
+    /// Most candidates ranked per request (the union of the candidate sources is cut there);
+    /// the trainer fits the ranker on the same candidate sets.
+    pub candidate_budget: usize,
+    /// Embedding neighbours listed per item (the embedding candidate sources; 0: none).
+    pub neighbours_per_item: usize,
+    /// Embedding neighbours are found among this many most-bought items (exact search: time
+    /// items × this × dim).
+    pub neighbour_targets: usize,
     /// Ranker training epochs.
     pub ranker_epochs: usize,
     /// Hidden ReLU units of the ranker (0: linear only; otherwise a linear ranker is fitted too
@@ -81,6 +90,9 @@ impl Default for TrainConfig {
             ranker_queries: 6000,
             ranker_hard_negatives: 600,
             ranker_random_negatives: 100,
+            candidate_budget: xsell_core::retrieval::DEFAULT_BUDGET,
+            neighbours_per_item: 50,
+            neighbour_targets: 20_000,
             ranker_epochs: 30,
             ranker_hidden: 16,
             calibration_share: 0.3,
@@ -129,7 +141,18 @@ impl TrainConfig {
                 reason: "must be a JSON object of hyperparameters, e.g. {\"dim\": 32}".into(),
             });
         }
-        serde_json::from_value(value).map_err(|e| TrainError::Config { name: "config", reason: e.to_string() })
+        serde_json::from_value(value.clone()).map_err(|e| {
+            // serde names an unknown key but not the key whose value has the wrong type: find it
+            let bad = value.as_object().into_iter().flatten().find(|(k, v)| {
+                serde_json::from_value::<TrainConfig>(serde_json::Value::Object([((*k).clone(), (*v).clone())].into_iter().collect()))
+                    .is_err()
+            });
+            let reason = match bad {
+                Some((k, v)) => format!("key `{k}` = {v}: {e}"),
+                None => e.to_string(),
+            };
+            TrainError::Config { name: "config", reason }
+        })
     }
 
     /// Checks every hyperparameter's range.
@@ -201,6 +224,15 @@ impl TrainConfig {
         if !(2..=1_000_000).contains(&self.max_order_items) {
             return bad("max_order_items", "must be within 2..=1000000");
         }
+        if !(1..=100_000).contains(&self.candidate_budget) {
+            return bad("candidate_budget", "must be within 1..=100000");
+        }
+        if self.neighbours_per_item > 1000 {
+            return bad("neighbours_per_item", "must be at most 1000");
+        }
+        if self.neighbour_targets == 0 {
+            return bad("neighbour_targets", "must be at least 1");
+        }
         if self.ranker_hard_negatives + self.ranker_random_negatives == 0 {
             return bad("ranker_hard_negatives", "the ranker needs at least one negative per query");
         }
@@ -226,7 +258,11 @@ mod tests {
             let e = TrainConfig::from_json(&format!("{{\"{key}\": {value}}}")).unwrap_err().to_string();
             assert!(e.contains(key), "{key}: {e}");
         }
-        let e = TrainConfig::from_json(r#"{"max_order_items": 1}"#).unwrap_err().to_string();
-        assert!(e.contains("max_order_items"), "{e}");
+        for bad in [r#"{"max_order_items": 1}"#, r#"{"candidate_budget": 0}"#, r#"{"neighbour_targets": 0}"#, r#"{"candidate_budget": -5}"#]
+        {
+            let key = bad.split('"').nth(1).unwrap();
+            let e = TrainConfig::from_json(bad).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 }

@@ -6,6 +6,7 @@ use ndarray::s;
 use serde::{Deserialize, Serialize};
 use xsell_core::aggregate::AggregateConfig;
 use xsell_core::model::{CustomerTable, ItemTable, ModelParts, Policy, Ranker, feature};
+use xsell_core::retrieval::{Neighbours, Retrieval};
 use xsell_core::{Aggregates, CrossSellModel, Csr, ItemIx, OrderLog};
 
 use crate::ease::{self, LambdaTrial, PosQuery};
@@ -51,6 +52,13 @@ pub struct TrainReport {
     pub validation: ValidationMetrics,
     /// EASE: items covered, the regularization kept and the validation of each candidate.
     pub ease: Option<EaseReport>,
+    /// The candidate budget kept (the smallest of the budgets tried that no larger one beat on
+    /// the held-out queries).
+    #[serde(default)]
+    pub candidate_budget: usize,
+    /// (budget, hit@10, mrr@20) of the kept ranker on the held-out queries, per budget tried.
+    #[serde(default)]
+    pub budget_trials: Vec<(usize, f64, f64)>,
 }
 
 /// How EASE was fitted.
@@ -152,6 +160,9 @@ fn build(log: &OrderLog, agg: &Aggregates, cfg: &TrainConfig, ranker: Ranker, pr
     let history = remap(&agg.history, &customer_to_model);
     let since = remap(&agg.since, &customer_to_model);
     let (emb_in, emb_out) = train_embeddings(&pairs, &items.orders, cfg, progress)?;
+    progress.start("embedding neighbours", 1);
+    let neighbours = Neighbours::compute(&emb_in, &emb_out, &items.orders, cfg.neighbours_per_item, cfg.neighbour_targets);
+    progress.finish();
     let n_items = items.ids.len();
     let parts = ModelParts {
         items,
@@ -169,6 +180,8 @@ fn build(log: &OrderLog, agg: &Aggregates, cfg: &TrainConfig, ranker: Ranker, pr
         n_recent: agg.n_recent as f32,
         ranker,
         policy: Policy::default(),
+        neighbours,
+        retrieval: Retrieval { budget: cfg.candidate_budget },
     };
     Ok((parts, Spaces { item_to_model, customer_to_model }))
 }
@@ -287,6 +300,7 @@ pub fn train(
             timer.lap("ablation rankers");
         }
         report.ranker = chosen.kind.name().into();
+        (report.candidate_budget, report.budget_trials) = (chosen.budget, chosen.budgets);
         ranker = chosen.ranker;
         validation = chosen.validation;
     }
@@ -309,6 +323,11 @@ pub fn train(
     } else {
         (ModelParts { ranker, ..model.parts().clone() }, base_agg)
     };
+    let mut parts = parts;
+    if report.candidate_budget > 0 {
+        parts.retrieval.budget = report.candidate_budget;
+    }
+    report.candidate_budget = parts.retrieval.budget;
     report.items = parts.items.ids.len();
     report.customers = parts.customers.ids.len();
     report.validation = validation;

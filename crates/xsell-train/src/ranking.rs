@@ -1,4 +1,5 @@
-//! The ranker's half of training: validation queries, their examples, the fits, and the choice
+//! The ranker's half of training: validation queries, their examples (from the candidate sets
+//! ranking will score), the fits, and the choice
 //! between EASE alone, the linear and the hidden-layer ranker on held-out orders.
 
 use ndarray::{Array3, ArrayViewMut2};
@@ -10,7 +11,7 @@ use xsell_core::baseline::{Cooccurrence, Popularity, Recommender};
 use xsell_core::metrics::{Evaluator, QueryTags};
 use xsell_core::model::{FEATURE_GROUPS, N_FEATURES, Ranker, feature};
 use xsell_core::protocol::draw_index_queries;
-use xsell_core::{Aggregates, CrossSellModel, ItemIx, OrderLog, top_k};
+use xsell_core::{Aggregates, CrossSellModel, ItemIx, OrderLog};
 
 use crate::pipeline::{Spaces, ValidationMetrics};
 use crate::ranker::{RankerData, RankerFit, fit_platt, fit_ranker};
@@ -99,7 +100,7 @@ pub(crate) struct Fits {
 pub(crate) fn fit_rankers(model: &CrossSellModel, queries: &[&MQuery], cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Fits> {
     progress.start("ranker features", queries.len() as u64);
     // a small catalog holds fewer candidates than asked for
-    let rows = (1 + cfg.ranker_hard_negatives + cfg.ranker_random_negatives).min(model.n_items().max(2));
+    let rows = (1 + cfg.ranker_hard_negatives + cfg.ranker_random_negatives).min(model.n_items().max(2)).min(model.budget() + 1);
     let mut examples = Array3::<f32>::zeros((queries.len(), rows, N_FEATURES));
     let valid: Vec<usize> = examples
         .outer_iter_mut()
@@ -139,51 +140,88 @@ impl Fits {
     }
 }
 
-/// The ranker kept by [`select`], calibrated, with the validation table.
+/// The ranker kept by [`select`], calibrated, with the validation table and the candidate
+/// budget chosen for it.
 pub(crate) struct Chosen {
     pub(crate) kind: Kind,
     pub(crate) ranker: Ranker,
     pub(crate) validation: ValidationMetrics,
+    pub(crate) budget: usize,
+    /// (budget, hit@10, mrr@20) of the kept ranker at each budget tried.
+    pub(crate) budgets: Vec<(usize, f64, f64)>,
+}
+
+/// Candidate budgets tried by [`select`]: a tenth, three tenths and all of the configured one.
+pub(crate) fn budget_grid(max: usize) -> Vec<usize> {
+    let mut g: Vec<usize> = [max / 10, max * 3 / 10, max].into_iter().filter(|&b| b > 0).collect();
+    g.dedup();
+    g
 }
 
 /// Judges `contenders` (simplest first) on `queries` and keeps the simplest one that no richer
 /// one beats by more than one standard error of the paired per-query difference (so a small
-/// validation slice cannot hand the model to noise); then Platt-calibrates it on its top 10s.
-/// Each query's features are computed once for every contender.
+/// validation slice cannot hand the model to noise); then, for it, the smallest candidate budget
+/// of [`budget_grid`] that no larger one beats the same way (fewer candidates: faster, and
+/// fewer distractors); then Platt-calibrates it on its top 10s. Each query's candidates and
+/// features are computed once, at the model's (largest) budget: a smaller budget's candidates
+/// are the first ones gathered.
 pub(crate) fn select(model: &CrossSellModel, agg: &Aggregates, queries: &[&MQuery], contenders: Vec<(Kind, Ranker)>) -> Chosen {
-    // per query, per contender: the top 20 and their scores
-    let tops: Vec<Vec<Top>> = queries
+    let grid = budget_grid(model.budget());
+    let top_budget = grid.len() - 1;
+    // per query, per contender, per budget: the top 20 and their scores
+    let tops: Vec<Vec<Vec<Top>>> = queries
         .par_iter()
         .map(|q| {
-            let x = model.features(q.customer, &q.basket);
+            // the candidates ranking scores, best first as `CrossSellModel::rank` orders them
+            let (c, x) = model.candidate_features(q.customer, &q.basket, None);
             contenders
                 .iter()
                 .map(|(_, r)| {
                     let s = r.scores(&x);
-                    let top: Vec<ItemIx> =
-                        top_k(s.len(), 20, |j| s[j], |j| !q.basket.contains(&(j as ItemIx))).into_iter().map(|j| j as ItemIx).collect();
-                    let scores = top.iter().map(|&j| s[j as usize]).collect();
-                    (top, scores)
+                    let mut rows: Vec<usize> = (0..c.items.len()).collect();
+                    rows.sort_unstable_by(|&a, &b| s[b].total_cmp(&s[a]).then(c.items[a].cmp(&c.items[b])));
+                    grid.iter()
+                        .map(|&b| {
+                            let top: Vec<usize> = rows.iter().copied().filter(|&r| r < b).take(20).collect();
+                            (top.iter().map(|&r| c.items[r]).collect(), top.iter().map(|&r| s[r]).collect())
+                        })
+                        .collect()
                 })
                 .collect()
         })
         .collect();
-    let mut kept: Option<(Kind, Ranker, Judged)> = None;
+    let mut kept: Option<(usize, Kind, Ranker, Judged)> = None;
     let mut systems = Vec::new();
     for (c, (kind, r)) in contenders.into_iter().enumerate() {
-        let (judged, hit, mrr) = judge(queries, tops.iter().map(|t| &t[c]), model.n_items());
+        let (judged, hit, mrr) = judge(queries, tops.iter().map(|t| &t[c][top_budget]), model.n_items());
         systems.push((kind.name().to_string(), hit, mrr));
-        if kept.as_ref().is_none_or(|(_, _, k)| clearly_better(&judged.outcome, &k.outcome)) {
-            kept = Some((kind, r, judged));
+        if kept.as_ref().is_none_or(|(_, _, _, k)| clearly_better(&judged.outcome, &k.outcome)) {
+            kept = Some((c, kind, r, judged));
         }
     }
     systems.extend(baselines(agg, queries, model.n_items()));
     let validation = ValidationMetrics { queries: queries.len(), systems };
-    let Some((kind, mut ranker, judged)) = kept else {
-        return Chosen { kind: Kind::CoOccurrence, ranker: Ranker::single(feature::COOC_MEAN), validation };
+    let Some((c, kind, mut ranker, _)) = kept else {
+        return Chosen {
+            kind: Kind::CoOccurrence,
+            ranker: Ranker::single(feature::COOC_MEAN),
+            validation,
+            budget: model.budget(),
+            budgets: Vec::new(),
+        };
     };
+    let mut budgets = Vec::new();
+    let mut best: Option<(usize, Judged)> = None;
+    for (g, &b) in grid.iter().enumerate() {
+        let (judged, hit, mrr) = judge(queries, tops.iter().map(|t| &t[c][g]), model.n_items());
+        budgets.push((b, hit, mrr));
+        if best.as_ref().is_none_or(|(_, k)| clearly_better(&judged.outcome, &k.outcome)) {
+            best = Some((b, judged));
+        }
+    }
+    let (budget, judged) = best.expect("the grid is not empty");
     (ranker.calib_a, ranker.calib_b) = fit_platt(&judged.scores, &judged.labels);
-    Chosen { kind, ranker, validation }
+    Chosen { kind, ranker, validation, budget, budgets }
 }
 
 /// One query's top 20 items and their scores.
@@ -216,56 +254,26 @@ pub(crate) fn clearly_better(new: &[f64], old: &[f64]) -> bool {
     mean > (var / n as f64).sqrt()
 }
 
-/// Features whose best-scored items become hard negatives: each candidate source's favourites,
-/// so the ranker sees every kind of item it will have to rank down when it scores the catalog.
-const NEGATIVE_SOURCES: [usize; 11] = [
-    feature::EASE,
-    feature::EASE_HISTORY,
-    feature::COOC_MEAN,
-    feature::JACCARD_MEAN,
-    feature::EMB_COMP,
-    feature::EMB_COS,
-    feature::NAME_BASKET,
-    feature::HIST_SHARE,
-    feature::HIST_RECENCY,
-    feature::POPULARITY,
-    feature::POP_RECENT,
-];
-
-/// Target row first, then hard negatives (the best items of each of [`NEGATIVE_SOURCES`] in
-/// turn), then random ones, written into `out` (at most `1 + hard + random` rows, fewer in a
-/// tiny catalog); returns the rows written.
+/// Target row first, then negatives from the query's candidate set, the one ranking will score
+/// when serving: its first `ranker_hard_negatives` candidates (the order the sources took turns
+/// in, so each source's favourites), then `ranker_random_negatives` drawn from the rest; written
+/// into `out` (fewer rows in a small catalog); returns the rows written.
 fn examples_for(model: &CrossSellModel, q: &MQuery, cfg: &TrainConfig, seed: u64, mut out: ArrayViewMut2<'_, f32>) -> usize {
-    let x = model.features(q.customer, &q.basket);
-    let n = x.nrows();
-    let mut taken = vec![false; n];
-    taken[q.target as usize] = true;
-    for &i in &q.basket {
-        taken[i as usize] = true;
-    }
-    let mut rows = vec![q.target as usize];
-    let per_source = cfg.ranker_hard_negatives.div_ceil(NEGATIVE_SOURCES.len());
-    let hard_end = 1 + cfg.ranker_hard_negatives;
-    for f in NEGATIVE_SOURCES {
-        let room = per_source.min(hard_end - rows.len());
-        let mut best: Vec<usize> = (0..n).filter(|&j| !taken[j] && x[[j, f]] > 0.0).collect();
-        if best.len() > room && room > 0 {
-            best.select_nth_unstable_by(room - 1, |&a, &b| x[[b, f]].total_cmp(&x[[a, f]]).then(a.cmp(&b)));
-        }
-        for &j in best.iter().take(room) {
-            taken[j] = true;
-            rows.push(j);
-        }
-    }
-    let want = 1 + cfg.ranker_hard_negatives + cfg.ranker_random_negatives;
-    let rest: Vec<usize> = (0..n).filter(|&j| !taken[j]).collect();
+    let (c, x) = model.candidate_features(q.customer, &q.basket, Some(q.target));
+    let Some(t) = c.items.iter().position(|&j| j == q.target) else { return 0 };
+    let others: Vec<usize> = (0..c.items.len()).filter(|&r| r != t).collect();
+    let hard = cfg.ranker_hard_negatives.min(others.len());
+    let mut rows = vec![t];
+    rows.extend(&others[..hard]);
+    let rest = &others[hard..];
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let take = (want - rows.len()).min(rest.len());
+    let take = cfg.ranker_random_negatives.min(rest.len());
     rows.extend(sample(&mut rng, rest.len(), take).into_iter().map(|k| rest[k]));
-    // tiny catalogs leave rows over: zeros, masked out by the fit
+    rows.truncate(out.nrows());
+    // small candidate sets leave rows over: zeros, masked out by the fit
     out.fill(0.0);
-    for (mut dst, &j) in out.outer_iter_mut().zip(&rows) {
-        dst.assign(&x.row(j));
+    for (mut dst, &r) in out.outer_iter_mut().zip(&rows) {
+        dst.assign(&x.row(r));
     }
     rows.len()
 }
