@@ -27,6 +27,28 @@ pub struct BenchArgs {
     /// Ranking requests to time.
     #[arg(long, default_value_t = 2000)]
     requests: usize,
+    /// Time these queries (JSON lines as `xsell eval --queries-out` writes them: the protocol's
+    /// baskets) instead of generated ones; each is ranked with k = 10.
+    #[arg(long)]
+    queries: Option<PathBuf>,
+    /// Rank with this candidate budget instead of the bundle's.
+    #[arg(long)]
+    budget: Option<usize>,
+}
+
+/// The queries of a JSON-lines file (`xsell eval --queries-out`) as ranking requests.
+fn read_queries(path: &std::path::Path, k: usize) -> anyhow::Result<Vec<RankQuery>> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| {
+            let q: xsell_core::protocol::Query =
+                serde_json::from_str(l).with_context(|| format!("{}: line {}: not a query", path.display(), n + 1))?;
+            Ok(RankQuery { customer_id: q.customer_id, basket: q.basket, k, ..Default::default() })
+        })
+        .collect()
 }
 
 /// Ranking queries made from a bundle (seeded): a random item with up to three of its
@@ -81,10 +103,20 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             peak_rss_mib().unwrap_or(f64::NAN)
         );
     }
-    let bundle = xsell_model::load_latest(&model_dir)?;
+    let t = Instant::now();
+    let mut bundle = xsell_model::load_latest(&model_dir)?;
+    let load = t.elapsed().as_secs_f64();
+    if let Some(b) = a.budget {
+        bundle.model.set_budget(b)?;
+    }
     let model = &bundle.model;
     let n_items = model.n_items();
-    let queries = generated_queries(model, a.requests.max(1), 10);
+    let mut queries = match &a.queries {
+        Some(p) => read_queries(p, 10)?,
+        None => generated_queries(model, a.requests.max(1), 10),
+    };
+    queries.truncate(a.requests.max(1));
+    anyhow::ensure!(!queries.is_empty(), "no query to time");
     let mut lat: Vec<f64> = Vec::with_capacity(queries.len());
     let start = Instant::now();
     for q in &queries {
@@ -96,10 +128,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     outln!(
-        "bench rank: model {} ({} items, dim {}), {} requests on one thread: p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, {:.0} req/s",
+        "bench rank: model {} ({} items, dim {}, budget {}, loaded in {load:.2}s), {} {} requests on one thread: p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, {:.0} req/s",
         bundle.manifest.version,
         n_items,
         bundle.manifest.dim,
+        model.budget(),
+        if a.queries.is_some() { "protocol" } else { "generated" },
         lat.len(),
         pct(0.50),
         pct(0.95),

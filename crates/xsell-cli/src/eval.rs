@@ -58,6 +58,10 @@ pub struct EvalArgs {
     /// without each feature group.
     #[arg(long)]
     ablation: bool,
+    /// Also rank the queries with these candidate budgets (comma-separated): candidate recall,
+    /// hit@10, mrr@20 and time per query for each, the recall/latency trade-off.
+    #[arg(long, value_delimiter = ',')]
+    budgets: Vec<usize>,
 }
 
 /// Stages shown alone by `--ablation`: the feature that stands for each candidate source.
@@ -98,6 +102,8 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let mut discovery: Vec<(String, Discovery)> = Vec::new();
     let mut train_seconds = None;
     let mut report_training = None;
+    let mut recall: Vec<(&str, CandidateRecall)> = Vec::new();
+    let mut budgets: Vec<(usize, f64, Metrics, f64)> = Vec::new();
     let model_version;
     if let Some(server) = &a.server {
         let t = Instant::now();
@@ -128,6 +134,18 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         systems.push(("xsell".into(), judge(&queries, &lists, &tags, n_train_items), t.elapsed().as_secs_f64()));
         let lists = local(&model, &discovery_queries, true)?;
         discovery.push(("xsell".into(), Discovery::of(&discovery_queries, &lists, &tags, n_train_items)));
+        recall = vec![
+            ("all queries", CandidateRecall::of(&model, &queries, false)?),
+            ("discovery queries", CandidateRecall::of(&model, &discovery_queries, true)?),
+        ];
+        for &b in &a.budgets {
+            let mut m = model.clone();
+            m.set_budget(b)?;
+            let t = Instant::now();
+            let lists = local(&m, &queries, false)?;
+            let secs = t.elapsed().as_secs_f64();
+            budgets.push((b, CandidateRecall::of(&m, &queries, false)?.overall, judge(&queries, &lists, &tags, n_train_items), secs));
+        }
         if a.ablation {
             let variants = STAGES
                 .iter()
@@ -144,7 +162,11 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         }
         report_training = Some(fitted.report);
         let agg = &fitted.aggregates;
-        let baselines: [(&str, &dyn Recommender); 2] = [("cooccurrence", &Cooccurrence(agg)), ("popularity", &Popularity(agg))];
+        let t = Instant::now();
+        let peer = xsell_train::EasePeer::fit(&log, &split.train, split.cutoff_ts, &cfg)?;
+        tracing::info!(items = peer.n_items(), alpha = peer.alpha, seconds = t.elapsed().as_secs_f64(), "EASE baseline fitted");
+        let baselines: [(&str, &dyn Recommender); 3] =
+            [("ease", &peer), ("cooccurrence", &Cooccurrence(agg)), ("popularity", &Popularity(agg))];
         let ix: HashMap<&str, ItemIx> = log.catalog.ids.iter().enumerate().map(|(i, s)| (s.as_str(), i as ItemIx)).collect();
         for (name, rec) in baselines {
             let t = Instant::now();
@@ -171,6 +193,23 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     }
     print_table(&a.orders, &split, queries.len(), &systems, train_seconds);
     print_discovery(&discovery);
+    for (name, r) in &recall {
+        r.print(name);
+    }
+    if !budgets.is_empty() {
+        outln!("\ncandidate budget trade-off (all queries, one ranking per query over {} threads):", rayon::current_num_threads());
+        outln!("{:>8} {:>9} {:>7} {:>7} {:>12}", "budget", "recall", "hit@10", "mrr@20", "ms/query");
+        for (b, r, m, secs) in &budgets {
+            outln!(
+                "{:>8} {:>9.4} {:>7.4} {:>7.4} {:>12.3}",
+                b,
+                r,
+                m.hit10,
+                m.mrr20,
+                secs * 1e3 * rayon::current_num_threads() as f64 / queries.len() as f64
+            );
+        }
+    }
     if let Some(report) = &a.report {
         let sys: serde_json::Map<String, serde_json::Value> = systems
             .iter()
@@ -196,6 +235,10 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             "hyperparameters": cfg,
             "training": report_training,
             "systems": sys,
+            "candidate_recall": recall.iter().map(|(name, r)| (name.to_string(), r.json())).collect::<serde_json::Map<_, _>>(),
+            "budgets": budgets.iter().map(|(b, r, m, secs)| json!({
+                "budget": b, "recall": r, "hit@10": m.hit10, "mrr@20": m.mrr20, "rank_seconds": secs
+            })).collect::<Vec<_>>(),
         });
         std::fs::write(report, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("writing {}", report.display()))?;
         outln!("report: {}", report.display());
@@ -337,6 +380,67 @@ impl<'a> Tagger<'a> {
         let cross_category = self.category(&q.target).map(|c| !basket_cats.contains(c));
         let judged: Vec<bool> = ranked.iter().take(10).filter_map(|r| self.category(r)).map(|c| basket_cats.contains(c)).collect();
         QueryTags { novel_target, cross_category, same_category_top10: Some((judged.iter().filter(|&&s| s).count(), judged.len())) }
+    }
+}
+
+/// Share of test targets inside the candidate set ranking scores, overall and per source.
+struct CandidateRecall {
+    queries: usize,
+    budget: usize,
+    overall: f64,
+    mean_candidates: f64,
+    /// Per source: share of targets its taken part held, and share only it held.
+    sources: Vec<(&'static str, f64, f64)>,
+}
+
+impl CandidateRecall {
+    fn of(model: &CrossSellModel, queries: &[Query], new_to_customer: bool) -> anyhow::Result<Self> {
+        use xsell_core::retrieval::SOURCES;
+        let per_query: Vec<(usize, Option<u8>)> = queries
+            .par_iter()
+            .map(|q| {
+                let c = model.candidates(&rank_query(q, new_to_customer))?;
+                let t = model.item(&q.target);
+                let bits = t.and_then(|t| c.items.iter().position(|&j| j == t)).map(|r| c.sources[r]);
+                Ok((c.items.len(), bits))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let n = queries.len().max(1) as f64;
+        let share = |f: &dyn Fn(u8) -> bool| per_query.iter().filter(|(_, b)| b.is_some_and(f)).count() as f64 / n;
+        Ok(CandidateRecall {
+            queries: queries.len(),
+            budget: model.budget(),
+            overall: share(&|_| true),
+            mean_candidates: per_query.iter().map(|(m, _)| *m as f64).sum::<f64>() / n,
+            sources: SOURCES.iter().map(|s| (s.name(), share(&|b| b & s.bit() != 0), share(&|b| b == s.bit()))).collect(),
+        })
+    }
+
+    fn print(&self, what: &str) {
+        if self.queries == 0 {
+            return;
+        }
+        outln!(
+            "\ncandidate recall, {what} ({}; budget {}, {:.0} candidates on average): {:.4}",
+            self.queries,
+            self.budget,
+            self.mean_candidates,
+            self.overall
+        );
+        outln!("{:<16} {:>8} {:>8}", "source", "recall", "only it");
+        for (name, r, only) in &self.sources {
+            outln!("{:<16} {:>8.4} {:>8.4}", name, r, only);
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "queries": self.queries,
+            "budget": self.budget,
+            "recall": self.overall,
+            "mean_candidates": self.mean_candidates,
+            "sources": self.sources.iter().map(|(n, r, o)| (n.to_string(), json!({ "recall": r, "only": o }))).collect::<serde_json::Map<_, _>>(),
+        })
     }
 }
 

@@ -20,6 +20,7 @@ pub mod config;
 pub mod ease;
 pub mod embed;
 pub mod error;
+pub mod peer;
 mod pipeline;
 pub mod progress;
 pub mod ranker;
@@ -27,5 +28,6 @@ mod ranking;
 
 pub use config::{TrainConfig, ValidTrainConfig};
 pub use error::{Result, TrainError};
+pub use peer::EasePeer;
 pub use pipeline::{Fitted, PhaseTime, TrainReport, ValidationMetrics, train};
 pub use progress::{NoProgress, Progress};
