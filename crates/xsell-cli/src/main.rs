@@ -66,6 +66,9 @@ struct GenerateArgs {
     /// Registered customers.
     #[arg(long, default_value_t = 500)]
     customers: usize,
+    /// Catalog size (rounded up to a multiple of the generator's 24 categories).
+    #[arg(long, default_value_t = 192)]
+    items: usize,
 }
 
 /// `xsell serve`: flags are the top layer of the configuration (defaults → `--config` file →
@@ -202,7 +205,14 @@ fn run(command: Option<Command>) -> anyhow::Result<()> {
     let command = command.or_else(|| Cli::parse_from(["xsell", "train"]).command).context("no command")?;
     match command {
         Command::Generate(a) => {
-            let cfg = xsell_data::generate::GenerateConfig { seed: a.seed, orders: a.orders, customers: a.customers, ..Default::default() };
+            anyhow::ensure!((1..=10_000_000).contains(&a.items), "--items must be within 1..=10000000");
+            let cfg = xsell_data::generate::GenerateConfig {
+                seed: a.seed,
+                orders: a.orders,
+                customers: a.customers,
+                items_per_category: a.items.div_ceil(xsell_data::generate::CATEGORIES),
+                ..Default::default()
+            };
             let (lines, _) = xsell_data::generate::generate(&cfg);
             xsell_data::write_lines(&a.out, &lines)?;
             outln!("wrote {} lines ({} orders) to {}", lines.len(), a.orders, a.out.display());

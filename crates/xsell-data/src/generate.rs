@@ -48,6 +48,9 @@ const FAMILIES: [(&str, &str, [&str; 3]); 6] = [
     ("phone", "phones", ["phone cases", "chargers", "screen protectors"]),
 ];
 
+/// Categories of the catalog (families × their primary and three accessory categories).
+pub const CATEGORIES: usize = FAMILIES.len() * 4;
+
 /// What the generator put into the log.
 #[derive(Debug, Clone, Default)]
 pub struct GroundTruth {
@@ -106,18 +109,16 @@ pub fn generate(cfg: &GenerateConfig) -> (Vec<RawLine>, GroundTruth) {
     for it in &items {
         truth.category.insert(it.id.clone(), it.category.clone());
     }
-    // popularity within a category: Zipf-like weights
-    let zipf: Vec<f64> = (0..per).map(|k| 1.0 / (k as f64 + 1.0)).collect();
+    // popularity within a category: Zipf-like weights, drawn by bisecting their running sums
+    let cumulative: Vec<f64> = (0..per)
+        .scan(0.0, |sum, k| {
+            *sum += 1.0 / (k as f64 + 1.0);
+            Some(*sum)
+        })
+        .collect();
     let pick = |rng: &mut ChaCha8Rng, cat: &[usize]| -> usize {
-        let total: f64 = zipf.iter().sum();
-        let mut x = rng.random::<f64>() * total;
-        for (k, w) in zipf.iter().enumerate() {
-            x -= w;
-            if x <= 0.0 {
-                return cat[k];
-            }
-        }
-        cat[cat.len() - 1]
+        let x = rng.random::<f64>() * cumulative[per - 1];
+        cat[cumulative.partition_point(|&c| c < x).min(cat.len() - 1)]
     };
     struct Customer {
         id: String,
