@@ -158,6 +158,12 @@ pub fn print_summary(r: &xsell_train::TrainReport, read_secs: f64, total_secs: f
         for (name, hit, mrr) in &r.validation.systems {
             outln!("  {name:<14} {hit:>8.4} {mrr:>8.4}");
         }
+        if let Some(d) = &r.discovery {
+            outln!("discovery ranker, on {} held-out novel-target queries without the customer's past items; kept: {}", d.queries, d.kept);
+            for (name, hit, mrr) in d.systems.iter().filter(|(n, _, _)| !matches!(n.as_str(), "cooccurrence" | "popularity")) {
+                outln!("  {name:<14} {hit:>8.4} {mrr:>8.4}");
+            }
+        }
         for (b, hit, mrr) in &r.budget_trials {
             let kept = if *b == r.candidate_budget { " (kept)" } else { "" };
             outln!("  candidate budget {b:>6}: hit@10 {hit:.4}, mrr@20 {mrr:.4}{kept}");

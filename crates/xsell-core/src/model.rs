@@ -305,6 +305,9 @@ pub struct ModelParts {
     pub n_recent: f32,
     /// The ranker.
     pub ranker: Ranker,
+    /// A ranker for discovery requests (`new_to_customer` with a known customer), fitted on
+    /// queries whose target was new to the customer; `None`: `ranker` serves them too.
+    pub discovery_ranker: Option<Ranker>,
     /// The policy.
     pub policy: Policy,
     /// Embedding neighbour lists (empty: computed when the model is built, as for bundles
@@ -554,6 +557,9 @@ impl CrossSellModel {
             return inc("an embedding value is not finite".into());
         }
         parts.ranker.validate()?;
+        if let Some(r) = &parts.discovery_ranker {
+            r.validate()?;
+        }
         let mut item_index = HashMap::with_capacity(n);
         for (i, id) in it.ids.iter().enumerate() {
             if item_index.insert(id.clone(), i as ItemIx).is_some() {
@@ -677,14 +683,25 @@ impl CrossSellModel {
     }
 
     /// The candidates the trainer and the validation rank for a query (basket items left out,
-    /// no other filter), with `extra` added when it is not among them (a training target), and
-    /// their raw features.
-    pub fn candidate_features(&self, customer: Option<CustomerIx>, basket: &[ItemIx], extra: Option<ItemIx>) -> (Candidates, Array2<f32>) {
+    /// and the customer's past items for a discovery query; no other filter), with `extra`
+    /// added when it is not among them (a training target), and their raw features.
+    pub fn candidate_features(
+        &self,
+        customer: Option<CustomerIx>,
+        basket: &[ItemIx],
+        extra: Option<ItemIx>,
+        new_to_customer: bool,
+    ) -> (Candidates, Array2<f32>) {
         with_scratch(|s| {
             let n = self.n_items();
             s.excluded.begin(n);
             for &i in basket {
                 s.excluded.set(i, 0);
+            }
+            if new_to_customer && let Some(c) = customer {
+                for &i in self.parts.history.row(c as usize).0 {
+                    s.excluded.set(i, 0);
+                }
             }
             let Scratch { excluded, rows, acc, held, lists } = s;
             let eligible = |j: ItemIx| !excluded.contains(j);
@@ -1025,7 +1042,11 @@ impl CrossSellModel {
         }
         let (customer, basket, items) = (r.customer, &r.basket, &cands.items);
         let x = self.fill_features(customer, basket, items, &s.rows, &mut s.held);
-        let scores = p.ranker.scores(&x);
+        let ranker = match &p.discovery_ranker {
+            Some(d) if q.new_to_customer && customer.is_some() => d,
+            _ => &p.ranker,
+        };
+        let scores = ranker.scores(&x);
         let mut order: Vec<usize> = (0..items.len()).collect();
         order.sort_unstable_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(items[a].cmp(&items[b])));
         let mut per_category: HashMap<u32, usize> = HashMap::new();
@@ -1034,7 +1055,7 @@ impl CrossSellModel {
                 break;
             }
             let (j, score) = (items[row], scores[row]);
-            let probability = p.ranker.probability(score);
+            let probability = ranker.probability(score);
             if probability < q.min_probability {
                 break; // scores are sorted, so every later item is below the threshold too
             }

@@ -154,14 +154,17 @@ pub(crate) fn unit_rows(m: &Array2<f32>) -> Array2<f32> {
 /// Per row of a score block (row `r` is item `first + r`): its `k` best columns, mapped
 /// through `target`, the item itself left out.
 fn top_rows(scores: ArrayView2<'_, f32>, first: usize, target: &[usize], k: usize) -> Vec<Row> {
+    // one buffer for a row's scores; each list keeps only its own `k` entries
+    let mut buf: Vec<(u32, f32)> = Vec::with_capacity(target.len());
     scores
         .outer_iter()
         .enumerate()
         .map(|(r, row)| {
             let me = first + r;
-            let mut c: Vec<(u32, f32)> = row.iter().zip(target).filter(|&(_, &j)| j != me).map(|(&v, &j)| (j as u32, v)).collect();
-            truncate_best(&mut c, k);
-            c
+            buf.clear();
+            buf.extend(row.iter().zip(target).filter(|&(_, &j)| j != me).map(|(&v, &j)| (j as u32, v)));
+            truncate_best(&mut buf, k);
+            buf.to_vec()
         })
         .collect()
 }

@@ -162,6 +162,7 @@ fn tiny_model() -> CrossSellModel {
             calib_a: 1.0,
             calib_b: -2.0,
         },
+        discovery_ranker: None,
         policy: Policy::default(),
         neighbours: Default::default(),
         retrieval: Default::default(),
@@ -366,4 +367,24 @@ fn orders_over_the_item_cap_count_toward_popularity_but_not_pairs() {
     assert_eq!(agg.pairs.get(ix("i0"), ix("i1") as ItemIx), 1.0, "only the small order's pair is counted");
     let uncapped = Aggregates::compute(&log, &all, None, &aggregate::AggregateConfig { gram_items: 30, ..Default::default() });
     assert_eq!(uncapped.pairs.get(ix("i0"), ix("i1") as ItemIx), 2.0);
+}
+
+#[test]
+fn discovery_requests_of_a_known_customer_use_the_discovery_ranker() {
+    let mut parts = tiny_model().parts().clone();
+    parts.discovery_ranker = Some(Ranker::single(model::feature::POPULARITY));
+    let m = CrossSellModel::new(parts).unwrap();
+    let loyal = |new_to_customer| RankQuery { customer_id: Some("loyal".into()), new_to_customer, ..q(&["cam1"], 3) };
+    let x = m.features(m.customer("loyal"), &[0]);
+    let general = m.rank(&loyal(false)).unwrap();
+    let discovery = m.rank(&loyal(true)).unwrap();
+    assert!(!discovery.items.is_empty());
+    for i in &discovery.items {
+        assert_eq!(i.score, x[[i.item as usize, model::feature::POPULARITY]], "scored by the discovery ranker");
+        assert_ne!(m.parts().items.ids[i.item as usize], "cable", "the customer's past item is left out");
+    }
+    assert!(general.items.iter().any(|i| i.score != x[[i.item as usize, model::feature::POPULARITY]]), "the general ranker otherwise");
+    // an anonymous discovery request has no past to leave out: the general ranker serves it
+    let anonymous = m.rank(&RankQuery { new_to_customer: true, ..q(&["cam1"], 3) }).unwrap();
+    assert_eq!(anonymous, m.rank(&q(&["cam1"], 3)).unwrap());
 }

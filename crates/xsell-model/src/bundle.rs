@@ -64,6 +64,9 @@ pub struct Manifest {
     pub features: Vec<String>,
     /// Ranker weights and calibration.
     pub ranker: Ranker,
+    /// The discovery ranker, when training kept one.
+    #[serde(default)]
+    pub discovery_ranker: Option<Ranker>,
     /// Ranking policy.
     pub policy: Policy,
     /// Items in the catalog.
@@ -97,6 +100,7 @@ impl Manifest {
             metrics,
             features: Vec::new(),
             ranker: Ranker::single(0),
+            discovery_ranker: None,
             policy: Policy::default(),
             n_items: 0,
             n_customers: 0,
@@ -155,6 +159,7 @@ fn save_with(dir: &Path, mut manifest: Manifest, parts: &ModelParts, sync: &mut 
     manifest.n_orders = parts.n_orders;
     manifest.n_recent = parts.n_recent;
     manifest.ranker = parts.ranker.clone();
+    manifest.discovery_ranker = parts.discovery_ranker.clone();
     manifest.policy = parts.policy;
     manifest.retrieval = parts.retrieval;
     manifest.features = xsell_core::model::FEATURES.iter().map(|s| s.to_string()).collect();
@@ -370,6 +375,7 @@ pub fn load(path: &Path) -> Result<Bundle> {
         n_orders: manifest.n_orders,
         n_recent: manifest.n_recent,
         ranker: manifest.ranker.clone(),
+        discovery_ranker: manifest.discovery_ranker.clone(),
         policy: manifest.policy,
         neighbours: if found >= 5 {
             Neighbours { comp: csr("neighbours_comp")?, similar: csr("neighbours_similar")? }

@@ -29,5 +29,5 @@ mod ranking;
 pub use config::{TrainConfig, ValidTrainConfig};
 pub use error::{Result, TrainError};
 pub use peer::EasePeer;
-pub use pipeline::{Fitted, PhaseTime, TrainReport, ValidationMetrics, train};
+pub use pipeline::{DiscoveryReport, Fitted, PhaseTime, TrainReport, ValidationMetrics, train};
 pub use progress::{NoProgress, Progress};

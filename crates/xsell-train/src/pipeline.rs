@@ -59,6 +59,24 @@ pub struct TrainReport {
     /// (budget, hit@10, mrr@20) of the kept ranker on the held-out queries, per budget tried.
     #[serde(default)]
     pub budget_trials: Vec<(usize, f64, f64)>,
+    /// How the discovery ranker was chosen (absent: too few novel-target queries).
+    #[serde(default)]
+    pub discovery: Option<DiscoveryReport>,
+}
+
+/// Fewest novel-target queries a discovery ranker is fitted on (a quarter of it held out).
+const DISCOVERY_MIN_QUERIES: usize = 200;
+
+/// The discovery ranker's validation: held-out novel-target queries ranked without the
+/// customer's past items.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DiscoveryReport {
+    /// Held-out queries judged.
+    pub queries: usize,
+    /// "general ranker" (none kept), or the discovery ranker kept.
+    pub kept: String,
+    /// Per contender: (name, hit@10, mrr@20).
+    pub systems: Vec<(String, f64, f64)>,
 }
 
 /// How EASE was fitted.
@@ -179,6 +197,7 @@ fn build(log: &OrderLog, agg: &Aggregates, cfg: &TrainConfig, ranker: Ranker, pr
         n_orders: agg.n_orders as f32,
         n_recent: agg.n_recent as f32,
         ranker,
+        discovery_ranker: None,
         policy: Policy::default(),
         neighbours,
         retrieval: Retrieval { budget: cfg.candidate_budget },
@@ -278,11 +297,12 @@ pub fn train(
 
     let model = CrossSellModel::new(parts)?;
     let mut ranker = Ranker::single(feature::COOC_MEAN);
+    let mut discovery_ranker = None;
     let mut validation = ValidationMetrics::default();
     let mut ablations = Vec::new();
     if fit_ranker_now {
         report.ranker_queries = fit.len();
-        let fits = if fit.is_empty() { None } else { Some(ranking::fit_rankers(&model, &fit, cfg, progress)?) };
+        let fits = if fit.is_empty() { None } else { Some(ranking::fit_rankers(&model, &fit, cfg, false, progress)?) };
         timer.lap("ranker fit");
         // calibration and validation metrics on the held-out queries
         let judged = if calib.is_empty() { &fit } else { &calib };
@@ -293,8 +313,24 @@ pub fn train(
         if let Some(f) = &fits {
             contenders.extend(f.contenders());
         }
-        let chosen = ranking::select(&model, &base_agg, judged, contenders);
+        let chosen = ranking::select(&model, &base_agg, judged, contenders, &ranking::budget_grid(model.budget()), false);
         timer.lap("calibration");
+        // a discovery ranker, fitted and judged on the queries whose target was new to the
+        // customer, ranked without the customer's past items; kept only when it beats the
+        // general ranker there
+        let novel = |q: &&MQuery| q.customer.is_some_and(|c| model.parts().history.row(c as usize).0.binary_search(&q.target).is_err());
+        let (disc_fit, disc_judged): (Vec<&MQuery>, Vec<&MQuery>) =
+            (fit.iter().copied().filter(novel).collect(), judged.iter().copied().filter(novel).collect());
+        if disc_fit.len() >= DISCOVERY_MIN_QUERIES && disc_judged.len() >= DISCOVERY_MIN_QUERIES / 4 {
+            let fits = ranking::fit_rankers(&model, &disc_fit, cfg, true, progress)?;
+            let mut contenders = vec![(Kind::General, chosen.ranker.clone())];
+            contenders.extend(fits.contenders());
+            let d = ranking::select(&model, &base_agg, &disc_judged, contenders, &[chosen.budget], true);
+            report.discovery =
+                Some(DiscoveryReport { queries: disc_judged.len(), kept: d.kind.name().into(), systems: d.validation.systems });
+            discovery_ranker = (d.kind != Kind::General).then_some(d.ranker);
+            timer.lap("discovery ranker");
+        }
         if let Some(f) = fits.filter(|_| cfg.ablation) {
             ablations = f.without_each_group(chosen.kind, progress)?;
             timer.lap("ablation rankers");
@@ -324,6 +360,7 @@ pub fn train(
         (ModelParts { ranker, ..model.parts().clone() }, base_agg)
     };
     let mut parts = parts;
+    parts.discovery_ranker = discovery_ranker;
     if report.candidate_budget > 0 {
         parts.retrieval.budget = report.candidate_budget;
     }

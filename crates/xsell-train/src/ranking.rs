@@ -72,6 +72,9 @@ pub(crate) enum Kind {
     Linear,
     /// The ranker with a hidden layer.
     HiddenLayer,
+    /// The ranker kept for every query, judged on discovery queries against the discovery
+    /// rankers.
+    General,
 }
 
 impl Kind {
@@ -82,6 +85,7 @@ impl Kind {
             Kind::EaseAlone => "ease alone",
             Kind::Linear => "linear ranker",
             Kind::HiddenLayer => "hidden-layer ranker",
+            Kind::General => "general ranker",
         }
     }
 }
@@ -96,8 +100,15 @@ pub(crate) struct Fits {
 }
 
 /// Builds the examples of `queries` and fits a linear ranker, and one with `cfg.ranker_hidden`
-/// hidden units when that is not 0.
-pub(crate) fn fit_rankers(model: &CrossSellModel, queries: &[&MQuery], cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Fits> {
+/// hidden units when that is not 0. `discovery`: the candidates leave out the customer's past
+/// items, as for a `new_to_customer` request.
+pub(crate) fn fit_rankers(
+    model: &CrossSellModel,
+    queries: &[&MQuery],
+    cfg: &TrainConfig,
+    discovery: bool,
+    progress: &mut dyn Progress,
+) -> Result<Fits> {
     progress.start("ranker features", queries.len() as u64);
     // a small catalog holds fewer candidates than asked for
     let rows = (1 + cfg.ranker_hard_negatives + cfg.ranker_random_negatives).min(model.n_items().max(2)).min(model.budget() + 1);
@@ -107,7 +118,7 @@ pub(crate) fn fit_rankers(model: &CrossSellModel, queries: &[&MQuery], cfg: &Tra
         .into_par_iter()
         .zip(queries.par_iter())
         .enumerate()
-        .map(|(k, (slot, q))| examples_for(model, q, cfg, cfg.seed ^ k as u64, slot))
+        .map(|(k, (slot, q))| examples_for(model, q, cfg, discovery, cfg.seed ^ k as u64, slot))
         .collect();
     progress.finish();
     let data = RankerData::new(examples, &valid)?;
@@ -151,7 +162,7 @@ pub(crate) struct Chosen {
     pub(crate) budgets: Vec<(usize, f64, f64)>,
 }
 
-/// Candidate budgets tried by [`select`]: a tenth, three tenths and all of the configured one.
+/// Candidate budgets [`select`] tries by default: a tenth, three tenths and all of the configured one.
 pub(crate) fn budget_grid(max: usize) -> Vec<usize> {
     let mut g: Vec<usize> = [max / 10, max * 3 / 10, max].into_iter().filter(|&b| b > 0).collect();
     g.dedup();
@@ -161,19 +172,26 @@ pub(crate) fn budget_grid(max: usize) -> Vec<usize> {
 /// Judges `contenders` (simplest first) on `queries` and keeps the simplest one that no richer
 /// one beats by more than one standard error of the paired per-query difference (so a small
 /// validation slice cannot hand the model to noise); then, for it, the smallest candidate budget
-/// of [`budget_grid`] that no larger one beats the same way (fewer candidates: faster, and
-/// fewer distractors); then Platt-calibrates it on its top 10s. Each query's candidates and
-/// features are computed once, at the model's (largest) budget: a smaller budget's candidates
-/// are the first ones gathered.
-pub(crate) fn select(model: &CrossSellModel, agg: &Aggregates, queries: &[&MQuery], contenders: Vec<(Kind, Ranker)>) -> Chosen {
-    let grid = budget_grid(model.budget());
+/// of `grid` (ascending, at most the model's) that no larger one beats the same way (fewer
+/// candidates: faster, and fewer distractors); then Platt-calibrates it on its top 10s. Each
+/// query's candidates and features are computed once, at the model's (largest) budget: a
+/// smaller budget's candidates are the first ones gathered. `discovery`: ranked as
+/// `new_to_customer` requests are.
+pub(crate) fn select(
+    model: &CrossSellModel,
+    agg: &Aggregates,
+    queries: &[&MQuery],
+    contenders: Vec<(Kind, Ranker)>,
+    grid: &[usize],
+    discovery: bool,
+) -> Chosen {
     let top_budget = grid.len() - 1;
     // per query, per contender, per budget: the top 20 and their scores
     let tops: Vec<Vec<Vec<Top>>> = queries
         .par_iter()
         .map(|q| {
             // the candidates ranking scores, best first as `CrossSellModel::rank` orders them
-            let (c, x) = model.candidate_features(q.customer, &q.basket, None);
+            let (c, x) = model.candidate_features(q.customer, &q.basket, None, discovery);
             contenders
                 .iter()
                 .map(|(_, r)| {
@@ -258,8 +276,15 @@ pub(crate) fn clearly_better(new: &[f64], old: &[f64]) -> bool {
 /// when serving: its first `ranker_hard_negatives` candidates (the order the sources took turns
 /// in, so each source's favourites), then `ranker_random_negatives` drawn from the rest; written
 /// into `out` (fewer rows in a small catalog); returns the rows written.
-fn examples_for(model: &CrossSellModel, q: &MQuery, cfg: &TrainConfig, seed: u64, mut out: ArrayViewMut2<'_, f32>) -> usize {
-    let (c, x) = model.candidate_features(q.customer, &q.basket, Some(q.target));
+fn examples_for(
+    model: &CrossSellModel,
+    q: &MQuery,
+    cfg: &TrainConfig,
+    discovery: bool,
+    seed: u64,
+    mut out: ArrayViewMut2<'_, f32>,
+) -> usize {
+    let (c, x) = model.candidate_features(q.customer, &q.basket, Some(q.target), discovery);
     let Some(t) = c.items.iter().position(|&j| j == q.target) else { return 0 };
     let others: Vec<usize> = (0..c.items.len()).filter(|&r| r != t).collect();
     let hard = cfg.ranker_hard_negatives.min(others.len());
