@@ -406,3 +406,20 @@ fn candidates_of_a_primary_item_hold_its_ground_truth_complements() {
     let recall = found as f64 / total as f64;
     assert!(recall >= 0.95, "a primary item's candidates (budget {budget} of {}) hold {recall:.3} of its complements", model.n_items());
 }
+
+#[test]
+fn a_discovery_ranker_is_judged_on_novel_target_queries_when_asked_for() {
+    let (lines, _) = generate(&GenerateConfig { orders: 5000, customers: 300, ..Default::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("orders.parquet");
+    xsell_data::write_lines(&path, &lines).unwrap();
+    let log = xsell_data::read_log(path.to_str().unwrap()).unwrap();
+    let split = time_split(&log, 0.1);
+    let cfg = TrainConfig { max_steps: 400, discovery_ranker: true, ..Default::default() }.check().unwrap();
+    let fitted = xsell_train::train(&log, &split.train, split.cutoff_ts, &cfg, &mut NoProgress).unwrap();
+    let d = fitted.report.discovery.expect("enough novel-target queries to judge a discovery ranker");
+    assert!(d.queries >= 50, "{} held-out queries", d.queries);
+    let names: Vec<&str> = d.systems.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert!(names.starts_with(&["general ranker", "linear ranker"]), "the general ranker against the discovery ones: {names:?}");
+    assert_eq!(fitted.parts.discovery_ranker.is_some(), d.kept != "general ranker");
+}

@@ -321,7 +321,7 @@ pub fn train(
         let novel = |q: &&MQuery| q.customer.is_some_and(|c| model.parts().history.row(c as usize).0.binary_search(&q.target).is_err());
         let (disc_fit, disc_judged): (Vec<&MQuery>, Vec<&MQuery>) =
             (fit.iter().copied().filter(novel).collect(), judged.iter().copied().filter(novel).collect());
-        if disc_fit.len() >= DISCOVERY_MIN_QUERIES && disc_judged.len() >= DISCOVERY_MIN_QUERIES / 4 {
+        if cfg.discovery_ranker && disc_fit.len() >= DISCOVERY_MIN_QUERIES && disc_judged.len() >= DISCOVERY_MIN_QUERIES / 4 {
             let fits = ranking::fit_rankers(&model, &disc_fit, cfg, true, progress)?;
             let mut contenders = vec![(Kind::General, chosen.ranker.clone())];
             contenders.extend(fits.contenders());
