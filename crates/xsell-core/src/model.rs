@@ -23,7 +23,7 @@ pub const FEATURES: [&str; 16] = [
     "jaccard_max",  // max over basket items of |i ∧ j| / |i ∨ j|
     "jaccard_mean", // mean over basket items of the Jaccard index
     "ease",         // sum over basket items of the EASE weight B[i, j]
-    "ease_history", // sum over the customer's past items of their order share × B[i, j]
+    "ease_history", // sum over the customer's 50 most-bought past items of their order share × B[i, j]
     "emb_comp",     // mean over basket items of input(i) · output(j): "bought with"
     "emb_cos",      // max cosine(input(i), input(j)): "used in the same contexts"
     "name_basket",  // cosine of j's name (TF-IDF of its words) with the basket's names together
@@ -508,6 +508,9 @@ struct Resolved {
     k: usize,
 }
 
+/// Most past items of a customer whose EASE rows a request reads (their most bought).
+pub const HISTORY_EASE_ITEMS: usize = 50;
+
 /// Source-list entries read per basket item, for [`CrossSellModel::request_work`].
 const ROW_WORK: u64 = 1024;
 
@@ -823,7 +826,7 @@ impl CrossSellModel {
             list.extend(acc.items.iter().copied().filter(|&(j, _)| eligible(j)));
             truncate_best(list, budget);
         };
-        let history = customer.map(|c| (p.history.row(c as usize), p.customers.orders[c as usize].max(1.0)));
+        let orders = customer.map(|c| p.customers.orders[c as usize].max(1.0));
         // EASE: the basket's rows, the pairs it holds whole, the customer's past items, the intercept
         acc.begin(n);
         for &i in basket {
@@ -831,8 +834,8 @@ impl CrossSellModel {
             cols.iter().zip(vals).for_each(|(&j, &b)| acc.add(j, b));
         }
         self.for_each_pair_weight(basket, held, |j, w| acc.add(j, w));
-        if let Some(((items, counts), orders)) = history {
-            for (&i, &h) in items.iter().zip(counts) {
+        if let Some(orders) = orders {
+            for (i, h) in self.history_for_ease(customer) {
                 let (cols, vals) = p.ease.row(i as usize);
                 cols.iter().zip(vals).for_each(|(&j, &b)| acc.add(j, h / orders * b));
             }
@@ -964,13 +967,15 @@ impl CrossSellModel {
             let (cols, vals) = p.history.row(c as usize);
             let (_, ages) = p.since.row(c as usize); // the same pairs, validated
             for ((&i, &h), &age) in cols.iter().zip(vals).zip(ages) {
-                let share = h / orders;
                 if let Some(r) = rows.get(i) {
                     let r = r as usize;
                     x[[r, HIST_LOG]] = h.ln_1p();
-                    x[[r, HIST_SHARE]] = share;
+                    x[[r, HIST_SHARE]] = h / orders;
                     x[[r, HIST_RECENCY]] = 1.0 / (1.0 + age.max(0.0));
                 }
+            }
+            for (i, h) in self.history_for_ease(customer) {
+                let share = h / orders;
                 let (ecols, evals) = p.ease.row(i as usize);
                 for (&j, &b) in ecols.iter().zip(evals) {
                     if let Some(r) = rows.get(j) {
@@ -980,6 +985,20 @@ impl CrossSellModel {
             }
         }
         x
+    }
+
+    /// The customer's past items whose EASE rows count (`ease_history` and the EASE source): the
+    /// [`HISTORY_EASE_ITEMS`] bought in the most orders (ties: the lower index), by index, so a
+    /// long history costs a bounded number of rows.
+    fn history_for_ease(&self, customer: Option<CustomerIx>) -> Vec<(ItemIx, f32)> {
+        let Some(c) = customer else { return Vec::new() };
+        let (cols, vals) = self.parts.history.row(c as usize);
+        let mut v: Vec<(ItemIx, f32)> = cols.iter().copied().zip(vals.iter().copied()).collect();
+        if v.len() > HISTORY_EASE_ITEMS {
+            truncate_best(&mut v, HISTORY_EASE_ITEMS);
+            v.sort_unstable_by_key(|&(i, _)| i);
+        }
+        v
     }
 
     /// Calls `f(j, w)` for every weight of every EASE pair held whole by `basket`.
