@@ -213,9 +213,15 @@ fn run(command: Option<Command>) -> anyhow::Result<()> {
                 items_per_category: a.items.div_ceil(xsell_data::generate::CATEGORIES),
                 ..Default::default()
             };
-            let (lines, _) = xsell_data::generate::generate(&cfg);
-            xsell_data::write_lines(&a.out, &lines)?;
-            outln!("wrote {} lines ({} orders) to {}", lines.len(), a.orders, a.out.display());
+            // streamed: memory stays bounded whatever the log's size
+            let mut out = xsell_data::BatchWriter::order_log(&a.out)?;
+            let mut written = 0;
+            xsell_data::generate::generate_batches(&cfg, 1 << 16, &mut |batch| {
+                written += batch.len();
+                out.write_lines(batch)
+            })?;
+            out.finish()?;
+            outln!("wrote {written} lines ({} orders) to {}", a.orders, a.out.display());
             Ok(())
         }
         Command::Train(a) => train::run(a),

@@ -72,6 +72,21 @@ struct Item {
 
 /// Generates the log lines (time-ordered) and the ground truth.
 pub fn generate(cfg: &GenerateConfig) -> (Vec<RawLine>, GroundTruth) {
+    let mut lines = Vec::new();
+    let truth = generate_batches(cfg, usize::MAX, &mut |batch| {
+        lines.extend_from_slice(batch);
+        Ok::<(), std::convert::Infallible>(())
+    });
+    (lines, truth.unwrap_or_else(|e| match e {}))
+}
+
+/// Like [`generate`], handing the lines to `emit` in time order, in batches of about
+/// `batch_lines` (memory: a batch and the returns not yet due, whatever the log's size).
+pub fn generate_batches<E>(
+    cfg: &GenerateConfig,
+    batch_lines: usize,
+    emit: &mut dyn FnMut(&[RawLine]) -> std::result::Result<(), E>,
+) -> std::result::Result<GroundTruth, E> {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let per = cfg.items_per_category.max(1);
     let mut items: Vec<Item> = Vec::new();
@@ -146,12 +161,22 @@ pub fn generate(cfg: &GenerateConfig) -> (Vec<RawLine>, GroundTruth) {
             Customer { id, families: chosen, owned: Vec::new(), brand, returner }
         })
         .collect();
-    let mut lines = Vec::new();
+    let mut lines: Vec<RawLine> = Vec::new();
     let start_ms: i64 = 1_704_067_200_000; // 2024-01-01
     let step_ms: i64 = 365 * 24 * 3_600_000 / cfg.orders.max(1) as i64;
-    let mut returns: Vec<RawLine> = Vec::new();
+    // returns come 5 days after their order, so they are due in the order they were made
+    let mut returns: std::collections::VecDeque<RawLine> = std::collections::VecDeque::new();
     for o in 0..cfg.orders {
         let ts = start_ms + o as i64 * step_ms + rng.random_range(0..step_ms.max(1));
+        let order_id = format!("{}", 100_000 + o);
+        // time order, ties by order id, a purchase before a return of the same key
+        while returns.front().is_some_and(|r| (r.ts, r.order_id.as_str()) < (Some(ts), order_id.as_str())) {
+            lines.extend(returns.pop_front());
+        }
+        if lines.len() >= batch_lines {
+            emit(&lines)?;
+            lines.clear();
+        }
         let guest = customers.is_empty() || rng.random_bool(cfg.guest_share);
         let cix = if guest { None } else { Some(rng.random_range(0..customers.len())) };
         let family = match cix {
@@ -202,7 +227,6 @@ pub fn generate(cfg: &GenerateConfig) -> (Vec<RawLine>, GroundTruth) {
             basket.push(pick(&mut rng, &other[acc]));
         }
         basket.dedup();
-        let order_id = format!("{}", 100_000 + o);
         let customer_id = cix.map(|c| customers[c].id.clone());
         for &i in &basket {
             let it = &items[i];
@@ -219,7 +243,7 @@ pub fn generate(cfg: &GenerateConfig) -> (Vec<RawLine>, GroundTruth) {
                 is_return: false,
             };
             if cix.is_some_and(|c| customers[c].returner) && rng.random_bool(0.7) {
-                returns.push(RawLine {
+                returns.push_back(RawLine {
                     order_id: format!("C{order_id}"),
                     quantity: -qty,
                     ts: Some(ts + 5 * 86_400_000),
@@ -231,6 +255,6 @@ pub fn generate(cfg: &GenerateConfig) -> (Vec<RawLine>, GroundTruth) {
         }
     }
     lines.extend(returns);
-    lines.sort_by(|a, b| a.ts.cmp(&b.ts).then_with(|| a.order_id.cmp(&b.order_id)));
-    (lines, truth)
+    emit(&lines)?;
+    Ok(truth)
 }

@@ -17,7 +17,7 @@ mod write;
 
 pub use error::{DataError, Result};
 pub use read::{ColumnMap, Field, list_inputs, read_log, read_log_with};
-pub use write::{RawLine, write_lines};
+pub use write::{BatchWriter, RawLine, write_lines};
 
 #[cfg(test)]
 mod tests;

@@ -279,3 +279,26 @@ mod arbitrary_files {
         }
     }
 }
+
+#[test]
+fn a_streamed_log_is_the_generated_log_in_bounded_batches() {
+    let cfg = GenerateConfig { orders: 3000, customers: 100, items_per_category: 20, ..Default::default() };
+    let (whole, truth) = generate(&cfg);
+    let mut batches: Vec<Vec<RawLine>> = Vec::new();
+    let streamed_truth = crate::generate::generate_batches(&cfg, 500, &mut |b| {
+        batches.push(b.to_vec());
+        Ok::<(), DataError>(())
+    })
+    .unwrap();
+    assert!(batches.len() > 5 && batches.iter().all(|b| b.len() < 520), "{} batches", batches.len());
+    assert_eq!(batches.concat(), whole);
+    assert_eq!(streamed_truth.complements, truth.complements);
+    assert!(whole.windows(2).all(|w| (w[0].ts, &w[0].order_id) <= (w[1].ts, &w[1].order_id)), "time order, ties by order id");
+    // written batch by batch, read back whole
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.parquet");
+    let mut w = BatchWriter::order_log(&path).unwrap();
+    batches.iter().for_each(|b| w.write_lines(b).unwrap());
+    w.finish().unwrap();
+    assert_eq!(read_log(path.to_str().unwrap()).unwrap().lines_read, whole.len() as u64);
+}

@@ -48,23 +48,58 @@ pub(crate) fn canonical_schema() -> Schema {
     ])
 }
 
-/// Writes one parquet batch file (zstd), creating parent directories.
-pub(crate) fn write_batch(path: &Path, batch: &RecordBatch) -> Result<()> {
-    let io = |source| DataError::Io { path: path.to_path_buf(), source };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let file = std::fs::File::create(path).map_err(io)?;
-    let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
-    let pq = |source| DataError::Parquet { path: path.to_path_buf(), source };
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(pq)?;
-    writer.write(batch).map_err(pq)?;
-    writer.close().map_err(pq)?;
-    Ok(())
+/// A parquet file (zstd) written batch by batch, creating parent directories.
+pub struct BatchWriter {
+    path: std::path::PathBuf,
+    writer: ArrowWriter<std::fs::File>,
 }
 
-/// Writes order lines to a parquet file in the canonical schema.
-pub fn write_lines(path: &Path, lines: &[RawLine]) -> Result<()> {
+impl BatchWriter {
+    /// Creates the file for batches of `schema`.
+    pub(crate) fn create(path: &Path, schema: Arc<Schema>) -> Result<Self> {
+        let io = |source| DataError::Io { path: path.to_path_buf(), source };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let file = std::fs::File::create(path).map_err(io)?;
+        let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
+        let writer =
+            ArrowWriter::try_new(file, schema, Some(props)).map_err(|source| DataError::Parquet { path: path.to_path_buf(), source })?;
+        Ok(BatchWriter { path: path.to_path_buf(), writer })
+    }
+
+    /// An order-log file in the canonical schema.
+    pub fn order_log(path: &Path) -> Result<Self> {
+        Self::create(path, Arc::new(canonical_schema()))
+    }
+
+    /// Appends a batch.
+    pub(crate) fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer.write(batch).map_err(|source| DataError::Parquet { path: self.path.clone(), source })
+    }
+
+    /// Appends order lines (canonical schema).
+    pub fn write_lines(&mut self, lines: &[RawLine]) -> Result<()> {
+        let batch = lines_batch(&self.path, lines)?;
+        self.write_batch(&batch)
+    }
+
+    /// Writes the footer and closes the file.
+    pub fn finish(self) -> Result<()> {
+        self.writer.close().map_err(|source| DataError::Parquet { path: self.path, source })?;
+        Ok(())
+    }
+}
+
+/// Writes one parquet batch file (zstd), creating parent directories.
+pub(crate) fn write_batch(path: &Path, batch: &RecordBatch) -> Result<()> {
+    let mut w = BatchWriter::create(path, batch.schema())?;
+    w.write_batch(batch)?;
+    w.finish()
+}
+
+/// Order lines as one record batch in the canonical schema.
+fn lines_batch(path: &Path, lines: &[RawLine]) -> Result<RecordBatch> {
     let s = |f: fn(&RawLine) -> Option<&str>| Arc::new(lines.iter().map(f).collect::<StringArray>()) as ArrayRef;
     let columns: Vec<ArrayRef> = vec![
         s(|l| Some(&l.order_id)),
@@ -77,7 +112,13 @@ pub fn write_lines(path: &Path, lines: &[RawLine]) -> Result<()> {
         Arc::new(lines.iter().map(|l| l.ts).collect::<TimestampMillisecondArray>()),
         Arc::new(lines.iter().map(|l| Some(l.is_return)).collect::<BooleanArray>()),
     ];
-    let batch = RecordBatch::try_new(Arc::new(canonical_schema()), columns)
-        .map_err(|e| DataError::BadTable { path: path.into(), reason: e.to_string() })?;
-    write_batch(path, &batch)
+    RecordBatch::try_new(Arc::new(canonical_schema()), columns)
+        .map_err(|e| DataError::BadTable { path: path.into(), reason: e.to_string() })
+}
+
+/// Writes order lines to a parquet file in the canonical schema.
+pub fn write_lines(path: &Path, lines: &[RawLine]) -> Result<()> {
+    let mut w = BatchWriter::order_log(path)?;
+    w.write_lines(lines)?;
+    w.finish()
 }
