@@ -103,6 +103,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             peak_rss_mib().unwrap_or(f64::NAN)
         );
     }
+    if a.orders.is_some() && xsell_model::latest_version(&model_dir).is_err() {
+        // only training was asked for: no bundle to time is not an error after it
+        outln!("no bundle under {}: ranking latency not measured (`xsell train --name {}` makes one)", model_dir.display(), a.name);
+        return Ok(());
+    }
     let t = Instant::now();
     let mut bundle = xsell_model::load_latest(&model_dir)?;
     let load = t.elapsed().as_secs_f64();
