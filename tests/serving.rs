@@ -472,7 +472,7 @@ mod arbitrary {
             prop::option::of(id()),
             ids(),
             prop_oneof![Just(0u32), Just(1), 1u32..50, Just(1000), Just(1001), Just(u32::MAX), any::<u32>()],
-            prop_oneof![0i32..5, any::<i32>()],
+            prop_oneof![0i32..6, any::<i32>()],
             prop::collection::vec(id(), 0..4),
             prop_oneof![3 => Just(Vec::new()), 1 => ids()],
             prop::collection::vec(".{0,12}", 0..3),
@@ -510,6 +510,7 @@ mod arbitrary {
                         allow_substitutes,
                         request_id,
                         new_to_customer,
+                        objective: 0,
                     }
                 },
             )

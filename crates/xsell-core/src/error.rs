@@ -17,6 +17,14 @@ pub enum Error {
         /// Why it is invalid.
         reason: String,
     },
+    /// A configuration value is out of its valid range.
+    #[error("invalid configuration key '{key}': {reason}")]
+    Config {
+        /// The dotted key, e.g. `policies.checkout.min_probability`.
+        key: String,
+        /// What was expected.
+        reason: String,
+    },
     /// Arrays of a model do not agree with each other.
     #[error("inconsistent model: {0}")]
     Inconsistent(String),

@@ -10,19 +10,24 @@ pub mod aggregate;
 pub mod baseline;
 pub mod csr;
 pub mod error;
+pub mod explain;
+pub mod features;
 pub mod log;
 pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod numpy_rng;
+pub mod policy;
 pub mod protocol;
+pub mod ranker;
 pub mod retrieval;
 
 pub use aggregate::Aggregates;
 pub use csr::Csr;
 pub use error::{Error, Result};
 pub use log::{Catalog, LogBuilder, LogLine, Order, OrderLog, ReturnLine};
-pub use model::{CrossSellModel, RankQuery, RankedItem, Ranking, Suppression, Touchpoint};
+pub use model::{CrossSellModel, RankQuery, RankedItem, Ranking};
+pub use policy::{Objective, Policies, RankPolicy, Suppression, Touchpoint, Withheld};
 
 /// Index of an item in a catalog (`Catalog::ids[ix]`).
 pub type ItemIx = u32;

@@ -9,69 +9,17 @@
 
 use std::collections::HashMap;
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
-use serde::{Deserialize, Serialize};
+use ndarray::Array2;
 
 use crate::names::NameIndex;
+use crate::policy::{CustomerRule, Effective, Objective, Policies, RankPolicy, Scored};
 use crate::retrieval::{Acc, Candidates, Marks, Neighbours, Retrieval, Scratch, truncate_best, unit_rows, with_scratch};
 use crate::{Csr, CustomerIx, Error, ItemIx, Result};
 
-/// Names of the ranker's features, in column order of [`CrossSellModel::features`].
-pub const FEATURES: [&str; 16] = [
-    "cooc_max",     // max over basket items i of P(j | i)
-    "cooc_mean",    // mean over basket items of P(j | i)
-    "jaccard_max",  // max over basket items of |i ∧ j| / |i ∨ j|
-    "jaccard_mean", // mean over basket items of the Jaccard index
-    "ease",         // sum over basket items of the EASE weight B[i, j]
-    "ease_history", // sum over the customer's 50 most-bought past items of their order share × B[i, j]
-    "emb_comp",     // mean over basket items of input(i) · output(j): "bought with"
-    "emb_cos",      // max cosine(input(i), input(j)): "used in the same contexts"
-    "name_basket",  // cosine of j's name (TF-IDF of its words) with the basket's names together
-    "name_max",     // max over basket items of the cosine between the two names
-    "popularity",   // log(1 + orders with j) / log(1 + orders)
-    "pop_recent",   // the same over the newest training orders (trends, seasons)
-    "hist_log",     // log(1 + orders of this customer with j)
-    "hist_share",   // share of this customer's orders with j
-    "hist_recency", // 1 / (1 + this customer's orders since their last one with j)
-    "item_returns", // share of j's sold lines that came back
-];
-/// Number of ranker features.
-pub const N_FEATURES: usize = FEATURES.len();
-
-/// Column indices of [`FEATURES`].
-pub mod feature {
-    #![allow(missing_docs)]
-    pub const COOC_MAX: usize = 0;
-    pub const COOC_MEAN: usize = 1;
-    pub const JACCARD_MAX: usize = 2;
-    pub const JACCARD_MEAN: usize = 3;
-    pub const EASE: usize = 4;
-    pub const EASE_HISTORY: usize = 5;
-    pub const EMB_COMP: usize = 6;
-    pub const EMB_COS: usize = 7;
-    pub const NAME_BASKET: usize = 8;
-    pub const NAME_MAX: usize = 9;
-    pub const POPULARITY: usize = 10;
-    pub const POP_RECENT: usize = 11;
-    pub const HIST_LOG: usize = 12;
-    pub const HIST_SHARE: usize = 13;
-    pub const HIST_RECENCY: usize = 14;
-    pub const ITEM_RETURNS: usize = 15;
-}
-
-/// Feature groups, for ablations: a group's features are zeroed together.
-pub const FEATURE_GROUPS: [(&str, &[usize]); 7] = {
-    use feature::*;
-    [
-        ("co-occurrence", &[COOC_MAX, COOC_MEAN, JACCARD_MAX, JACCARD_MEAN]),
-        ("ease", &[EASE]),
-        ("embeddings", &[EMB_COMP, EMB_COS]),
-        ("names", &[NAME_BASKET, NAME_MAX]),
-        ("popularity", &[POPULARITY, POP_RECENT]),
-        ("customer history", &[EASE_HISTORY, HIST_LOG, HIST_SHARE, HIST_RECENCY]),
-        ("returns", &[ITEM_RETURNS]),
-    ]
-};
+pub use crate::explain::Reason;
+pub use crate::features::{FEATURE_GROUPS, FEATURES, N_FEATURES, feature};
+pub use crate::policy::{Suppression, Touchpoint, Withheld};
+pub use crate::ranker::{Ranker, sigmoid};
 
 /// Item attributes of a model, indexed by [`ItemIx`].
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -103,100 +51,6 @@ pub struct CustomerTable {
     pub return_rate: Vec<f32>,
 }
 
-/// The learned ranker over standardized features `z = (x − mean) / scale`: a linear part plus,
-/// optionally, one hidden ReLU layer, then Platt calibration.
-///
-/// `score = weights · z + bias + Σₕ hidden_out[h] · relu(hidden[h] · z + hidden_bias[h])`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Ranker {
-    /// Feature means subtracted before scoring.
-    pub mean: Vec<f32>,
-    /// Feature scales divided by before scoring.
-    pub scale: Vec<f32>,
-    /// Weights over standardized features.
-    pub weights: Vec<f32>,
-    /// Intercept.
-    pub bias: f32,
-    /// Hidden units' weights, units × features, row-major (empty: a linear ranker).
-    #[serde(default)]
-    pub hidden: Vec<f32>,
-    /// Hidden units' intercepts.
-    #[serde(default)]
-    pub hidden_bias: Vec<f32>,
-    /// Hidden units' output weights.
-    #[serde(default)]
-    pub hidden_out: Vec<f32>,
-    /// Calibration slope: probability = sigmoid(calib_a × score + calib_b).
-    pub calib_a: f32,
-    /// Calibration intercept.
-    pub calib_b: f32,
-}
-
-impl Ranker {
-    /// A ranker that scores by one feature (used before a ranker is fitted, and for ablations).
-    pub fn single(feature: usize) -> Self {
-        let mut weights = vec![0.0; N_FEATURES];
-        weights[feature] = 1.0;
-        Ranker {
-            mean: vec![0.0; N_FEATURES],
-            scale: vec![1.0; N_FEATURES],
-            weights,
-            bias: 0.0,
-            hidden: Vec::new(),
-            hidden_bias: Vec::new(),
-            hidden_out: Vec::new(),
-            calib_a: 1.0,
-            calib_b: 0.0,
-        }
-    }
-
-    /// Number of hidden units.
-    pub fn n_hidden(&self) -> usize {
-        self.hidden_out.len()
-    }
-
-    /// Checks shapes and values.
-    pub fn validate(&self) -> Result<()> {
-        let inc = |m: String| Err(Error::Inconsistent(m));
-        if self.mean.len() != N_FEATURES || self.scale.len() != N_FEATURES || self.weights.len() != N_FEATURES {
-            return inc(format!("the ranker must have {N_FEATURES} features"));
-        }
-        let h = self.n_hidden();
-        if self.hidden.len() != h * N_FEATURES || self.hidden_bias.len() != h {
-            return inc(format!("the ranker's hidden layer must be {h} × {N_FEATURES} with {h} intercepts"));
-        }
-        let params = [&self.mean, &self.weights, &self.hidden, &self.hidden_bias, &self.hidden_out];
-        if params.iter().any(|v| v.iter().any(|x| !x.is_finite()))
-            || self.scale.iter().any(|s| !(s.is_finite() && *s > 0.0))
-            || !(self.bias.is_finite() && self.calib_a.is_finite() && self.calib_b.is_finite())
-        {
-            return inc("the ranker has a non-finite or non-positive parameter".into());
-        }
-        Ok(())
-    }
-
-    /// Scores of each row of a feature matrix.
-    pub fn scores(&self, x: &Array2<f32>) -> Array1<f32> {
-        let mean = ArrayView1::from(&self.mean);
-        let scale = ArrayView1::from(&self.scale);
-        let z = (x - &mean) / scale;
-        let mut s = z.dot(&ArrayView1::from(&self.weights)) + self.bias;
-        let h = self.n_hidden();
-        if h > 0 {
-            let w1 = ArrayView2::from_shape((h, N_FEATURES), &self.hidden).expect("validated shape");
-            let mut a = z.dot(&w1.t()) + ArrayView1::from(&self.hidden_bias);
-            a.mapv_inplace(|v| v.max(0.0));
-            s += &a.dot(&ArrayView1::from(&self.hidden_out));
-        }
-        s
-    }
-
-    /// Calibrated probability of a score.
-    pub fn probability(&self, score: f32) -> f32 {
-        sigmoid(self.calib_a * score + self.calib_b)
-    }
-}
-
 /// Per category: whether its items are bought together less often than chance, from the
 /// stored co-purchase counts (pairs of items sold too rarely to judge do not count).
 fn substitute_categories(p: &ModelParts, category_of: &[Option<u32>], n_categories: usize) -> Vec<bool> {
@@ -222,28 +76,6 @@ fn substitute_categories(p: &ModelParts, category_of: &[Option<u32>], n_categori
             expected >= 5.0 && together[c] < expected
         })
         .collect()
-}
-
-/// Logistic function.
-pub fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
-/// Ranking policy of a model: the business rules applied after scoring.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Policy {
-    /// Offers are suppressed for customers whose return rate reaches this share ...
-    pub return_suppress_rate: f32,
-    /// ... once they have at least this many purchase lines.
-    pub return_suppress_min_lines: f32,
-    /// Items sold at least this many times in training can be judged substitutes.
-    pub substitute_min_expected: f32,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy { return_suppress_rate: 0.5, return_suppress_min_lines: 10.0, substitute_min_expected: 1.0 }
-    }
 }
 
 /// Higher-order EASE terms: the weights a basket gets from holding *both* items of a pair, on
@@ -308,8 +140,6 @@ pub struct ModelParts {
     /// A ranker for discovery requests (`new_to_customer` with a known customer), fitted on
     /// queries whose target was new to the customer; `None`: `ranker` serves them too.
     pub discovery_ranker: Option<Ranker>,
-    /// The policy.
-    pub policy: Policy,
     /// Embedding neighbour lists (empty: computed when the model is built, as for bundles
     /// from before they were stored).
     pub neighbours: Neighbours,
@@ -321,22 +151,6 @@ pub struct ModelParts {
 pub const LOAD_TIME_NEIGHBOURS: usize = 50;
 /// ... among at most this many most-bought items.
 pub const LOAD_TIME_NEIGHBOUR_TARGETS: usize = 20_000;
-
-/// Where the offer is shown; changes what is sensible to offer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub enum Touchpoint {
-    /// Not said: no touchpoint rule.
-    #[default]
-    Unspecified,
-    /// Product detail page.
-    ProductPage,
-    /// Cart page.
-    Cart,
-    /// Checkout: few, cheap, instantly addable offers.
-    Checkout,
-    /// After the purchase (confirmation, e-mail, portal).
-    PostPurchase,
-}
 
 /// Request limits, checked by [`RankQuery::validate`].
 pub mod limits {
@@ -376,6 +190,8 @@ pub struct RankQuery {
     /// Offer only items the customer has not bought before (discovery); no effect for an
     /// unknown or anonymous customer.
     pub new_to_customer: bool,
+    /// What to order offers by (`None`: the touchpoint policy's objective).
+    pub objective: Option<Objective>,
 }
 
 impl RankQuery {
@@ -421,19 +237,6 @@ fn check_id(what: &'static str, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Why an item is offered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// Often bought together with this basket item.
-    BoughtWith(ItemIx),
-    /// Complements this basket item (learned embeddings).
-    Complements(ItemIx),
-    /// The customer bought it before.
-    BoughtBefore,
-    /// Popular overall (cold start).
-    Popular,
-}
-
 /// One offer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RankedItem {
@@ -458,55 +261,49 @@ pub struct Ranking {
     pub unknown_items: Vec<String>,
     /// Set when every offer was withheld on purpose, with the reason.
     pub suppressed: Option<Suppression>,
-}
-
-/// Why every offer of a ranking was withheld on purpose. A code the client can branch on; it
-/// never carries the customer's personal figures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Suppression {
-    /// The customer habitually returns goods (their return rate passed the policy's threshold).
-    ReturnRisk,
-}
-
-impl Suppression {
-    /// A short text for people, without personal figures.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Suppression::ReturnRisk => "offers withheld: this customer's return risk is above the policy's threshold",
-        }
-    }
+    /// The policy rules that withheld some offers, with how many each.
+    pub withheld: Vec<Withheld>,
 }
 
 /// A validated model, ready to rank.
 #[derive(Debug, Clone)]
 pub struct CrossSellModel {
-    parts: ModelParts,
+    pub(crate) parts: ModelParts,
     item_index: HashMap<String, ItemIx>,
     customer_index: HashMap<String, CustomerIx>,
-    category_of: Vec<Option<u32>>,
+    pub(crate) category_of: Vec<Option<u32>>,
     category_index: HashMap<String, u32>,
     /// Per category: are two of its items bought together less often than chance?
     substitute_category: Vec<bool>,
     /// Per item `a`: `(b, p)` for each EASE pair `p = (a, b)`.
-    pair_partners: Vec<Vec<(ItemIx, u32)>>,
-    emb_in_unit: Array2<f32>,
-    names: NameIndex,
+    pub(crate) pair_partners: Vec<Vec<(ItemIx, u32)>>,
+    pub(crate) emb_in_unit: Array2<f32>,
+    pub(crate) names: NameIndex,
     /// Items by recent popularity, then popularity (the popular source walks it).
     popular_order: Vec<ItemIx>,
     /// Items by EASE intercept (empty without one).
     prior_order: Vec<ItemIx>,
     /// Per category: its items by popularity (the popular source under a category filter).
     category_items: Vec<Vec<ItemIx>>,
+    /// The median known price (1 without prices): the price of an item without one in
+    /// expected-value objectives.
+    pub(crate) median_price: f32,
 }
+
+/// The policies [`CrossSellModel::rank`] applies: the built-in defaults.
+static DEFAULT_POLICIES: std::sync::LazyLock<Policies> = std::sync::LazyLock::new(Policies::default);
 
 /// A request resolved against the model: who, what is in the basket, what may be offered.
 struct Resolved {
     customer: Option<CustomerIx>,
     basket: Vec<ItemIx>,
     unknown_items: Vec<String>,
-    suppressed: Option<Suppression>,
-    k: usize,
+    rule: CustomerRule,
 }
+
+/// Items sold at least this many times (expected pair count by chance) can be judged
+/// substitutes outside substitute categories.
+const SUBSTITUTE_MIN_EXPECTED: f32 = 1.0;
 
 /// Most past items of a customer whose EASE rows a request reads (their most bought).
 pub const HISTORY_EASE_ITEMS: usize = 50;
@@ -602,6 +399,13 @@ impl CrossSellModel {
         };
         let popular_order = by(&|j| (it.recent_orders[j], it.orders[j]));
         let prior_order = if parts.ease_always_on.is_empty() { Vec::new() } else { by(&|j| (parts.ease_always_on[j], it.orders[j])) };
+        let mut known: Vec<f32> = it.prices.iter().copied().filter(|v| v.is_finite() && *v > 0.0).collect();
+        let median_price = if known.is_empty() {
+            1.0
+        } else {
+            let mid = known.len() / 2;
+            *known.select_nth_unstable_by(mid, f32::total_cmp).1
+        };
         let mut category_items = vec![Vec::new(); category_index.len()];
         for &j in &by(&|j| (it.orders[j], 0.0)) {
             if let Some(c) = category_of[j as usize] {
@@ -621,6 +425,7 @@ impl CrossSellModel {
             popular_order,
             prior_order,
             category_items,
+            median_price,
         })
     }
 
@@ -665,68 +470,16 @@ impl CrossSellModel {
         m * (basket as u64 + N_FEATURES as u64) + basket as u64 * ROW_WORK
     }
 
-    /// Raw (unstandardized) features of every catalog item for a customer and basket:
-    /// an items × [`N_FEATURES`] matrix, columns as named in [`FEATURES`] (work proportional to
-    /// the catalog: for tests and analysis, never on the serving path).
-    pub fn features(&self, customer: Option<CustomerIx>, basket: &[ItemIx]) -> Array2<f32> {
-        let all: Vec<ItemIx> = (0..self.n_items() as ItemIx).collect();
-        self.features_of(customer, basket, &all)
-    }
-
-    /// Raw features of `items` (row `r` is `items[r]`; each item once) for a customer and basket.
-    /// An item's row does not depend on which other items are listed.
-    pub fn features_of(&self, customer: Option<CustomerIx>, basket: &[ItemIx], items: &[ItemIx]) -> Array2<f32> {
-        with_scratch(|s| {
-            s.rows.begin(self.n_items());
-            for (r, &j) in items.iter().enumerate() {
-                s.rows.set(j, r as u32);
-            }
-            self.fill_features(customer, basket, items, &s.rows, &mut s.held)
-        })
-    }
-
-    /// The candidates the trainer and the validation rank for a query (basket items left out,
-    /// and the customer's past items for a discovery query; no other filter), with `extra`
-    /// added when it is not among them (a training target), and their raw features.
-    pub fn candidate_features(
-        &self,
-        customer: Option<CustomerIx>,
-        basket: &[ItemIx],
-        extra: Option<ItemIx>,
-        new_to_customer: bool,
-    ) -> (Candidates, Array2<f32>) {
-        with_scratch(|s| {
-            let n = self.n_items();
-            s.excluded.begin(n);
-            for &i in basket {
-                s.excluded.set(i, 0);
-            }
-            if new_to_customer && let Some(c) = customer {
-                for &i in self.parts.history.row(c as usize).0 {
-                    s.excluded.set(i, 0);
-                }
-            }
-            let Scratch { excluded, rows, acc, held, lists } = s;
-            let eligible = |j: ItemIx| !excluded.contains(j);
-            let mut c = self.gather(customer, basket, &[], &[], &eligible, self.budget(), basket.len(), acc, held, rows, lists);
-            if let Some(t) = extra.filter(|&t| !rows.contains(t) && (t as usize) < n) {
-                rows.set(t, c.items.len() as u32);
-                c.items.push(t);
-                c.sources.push(0);
-            }
-            let x = self.fill_features(customer, basket, &c.items, rows, held);
-            (c, x)
-        })
-    }
-
     /// The candidate set a request would be ranked over, with the sources that brought each
     /// item (what `xsell eval` reports as candidate recall).
     pub fn candidates(&self, q: &RankQuery) -> Result<Candidates> {
-        with_scratch(|s| Ok(self.resolve_and_gather(q, s)?.1))
+        let policy = DEFAULT_POLICIES.get(q.touchpoint);
+        with_scratch(|s| Ok(self.resolve_and_gather(q, policy, s)?.1))
     }
 
-    /// Checks the request, resolves its ids, and gathers its candidates (into `s.rows`).
-    fn resolve_and_gather(&self, q: &RankQuery, s: &mut Scratch) -> Result<(Resolved, Candidates)> {
+    /// Checks the request, resolves its ids, and gathers its candidates (into `s.rows`) under
+    /// the policy's customer rule and price ceiling.
+    fn resolve_and_gather(&self, q: &RankQuery, policy: &RankPolicy, s: &mut Scratch) -> Result<(Resolved, Candidates)> {
         q.validate()?;
         let p = &self.parts;
         let customer = q.customer_id.as_deref().and_then(|c| self.customer(c));
@@ -739,14 +492,10 @@ impl CrossSellModel {
                 None => unknown_items.push(id.clone()),
             }
         }
-        let mut resolved = Resolved { customer, basket, unknown_items, suppressed: None, k: q.k };
-        if let Some(c) = customer {
-            let c = c as usize;
-            let rate = p.customers.return_rate[c];
-            if rate >= p.policy.return_suppress_rate && p.customer_lines[c] >= p.policy.return_suppress_min_lines {
-                resolved.suppressed = Some(Suppression::ReturnRisk);
-                return Ok((resolved, Candidates::default()));
-            }
+        let rule = self.customer_rule(policy, customer);
+        let resolved = Resolved { customer, basket, unknown_items, rule };
+        if rule == CustomerRule::Suppress {
+            return Ok((resolved, Candidates::default()));
         }
         let n = self.n_items();
         let Scratch { excluded, rows, acc, held, lists } = s;
@@ -766,11 +515,7 @@ impl CrossSellModel {
             p.history.row(c as usize).0.iter().for_each(|&i| exclude(i));
         }
         let wanted: Vec<u32> = q.categories.iter().filter_map(|c| self.category_index.get(c).copied()).collect();
-        let mut max_price = f32::NAN;
-        if q.touchpoint == Touchpoint::Checkout {
-            resolved.k = resolved.k.min(3);
-            max_price = resolved.basket.iter().map(|&i| p.items.prices[i as usize]).filter(|v| v.is_finite()).fold(f32::NAN, f32::max);
-        }
+        let max_price = self.price_ceiling(policy, &resolved.basket);
         let eligible = |j: ItemIx| {
             !excluded.contains(j)
                 && (q.categories.is_empty() || self.category_of[j as usize].is_some_and(|c| wanted.contains(&c)))
@@ -791,7 +536,7 @@ impl CrossSellModel {
     /// popularity lists stop after `4 × budget + excluded` steps, so a request never touches
     /// the whole catalog. `rows` ends marking each candidate's position.
     #[allow(clippy::too_many_arguments)]
-    fn gather(
+    pub(crate) fn gather(
         &self,
         customer: Option<CustomerIx>,
         basket: &[ItemIx],
@@ -895,130 +640,9 @@ impl CrossSellModel {
         out
     }
 
-    /// Raw features of the candidate `items` (`rows` marks each one's row).
-    fn fill_features(
-        &self,
-        customer: Option<CustomerIx>,
-        basket: &[ItemIx],
-        items: &[ItemIx],
-        rows: &Marks,
-        held: &mut Marks,
-    ) -> Array2<f32> {
-        use feature::*;
-        let p = &self.parts;
-        let m = items.len();
-        let mut x = Array2::<f32>::zeros((m, N_FEATURES));
-        let log_n = (1.0 + p.n_orders).ln().max(1e-6);
-        let log_recent = (1.0 + p.n_recent).ln().max(1e-6);
-        for (r, &j) in items.iter().enumerate() {
-            let j = j as usize;
-            x[[r, POPULARITY]] = (1.0 + p.items.orders[j]).ln() / log_n;
-            x[[r, POP_RECENT]] = (1.0 + p.items.recent_orders[j]).ln() / log_recent;
-            x[[r, ITEM_RETURNS]] = p.items.return_rate[j];
-        }
-        if !basket.is_empty() && m > 0 {
-            let inv_b = 1.0 / basket.len() as f32;
-            for &i in basket {
-                let ci = p.items.orders[i as usize].max(1.0);
-                let (cols, vals) = p.pairs.row(i as usize);
-                for (&j, &cij) in cols.iter().zip(vals) {
-                    let Some(r) = rows.get(j) else { continue };
-                    let r = r as usize;
-                    let cond = cij / ci;
-                    let jac = cij / (ci + p.items.orders[j as usize] - cij).max(1.0);
-                    x[[r, COOC_MAX]] = x[[r, COOC_MAX]].max(cond);
-                    x[[r, COOC_MEAN]] += cond * inv_b;
-                    x[[r, JACCARD_MAX]] = x[[r, JACCARD_MAX]].max(jac);
-                    x[[r, JACCARD_MEAN]] += jac * inv_b;
-                }
-                let (cols, vals) = p.ease.row(i as usize);
-                for (&j, &b) in cols.iter().zip(vals) {
-                    if let Some(r) = rows.get(j) {
-                        x[[r as usize, EASE]] += b;
-                    }
-                }
-            }
-            self.for_each_pair_weight(basket, held, |j, w| {
-                if let Some(r) = rows.get(j) {
-                    x[[r as usize, EASE]] += w;
-                }
-            });
-            if !p.ease_always_on.is_empty() {
-                for (r, &j) in items.iter().enumerate() {
-                    x[[r, EASE]] += p.ease_always_on[j as usize];
-                }
-            }
-            let (basket_sim, best) = self.names.similarities(basket, items);
-            x.column_mut(NAME_BASKET).assign(&ArrayView1::from(&basket_sim));
-            x.column_mut(NAME_MAX).assign(&ArrayView1::from(&best));
-            let b_rows: Vec<usize> = basket.iter().map(|&i| i as usize).collect();
-            let c_rows: Vec<usize> = items.iter().map(|&j| j as usize).collect();
-            let mean_in = p.emb_in.select(Axis(0), &b_rows).mean_axis(Axis(0)).expect("basket is not empty");
-            x.column_mut(EMB_COMP).assign(&p.emb_out.select(Axis(0), &c_rows).dot(&mean_in));
-            let sims = self.emb_in_unit.select(Axis(0), &c_rows).dot(&self.emb_in_unit.select(Axis(0), &b_rows).t());
-            for (r, row) in sims.axis_iter(Axis(0)).enumerate() {
-                x[[r, EMB_COS]] = row.iter().copied().fold(f32::MIN, f32::max);
-            }
-        }
-        if let Some(c) = customer
-            && m > 0
-        {
-            let orders = p.customers.orders[c as usize].max(1.0);
-            let (cols, vals) = p.history.row(c as usize);
-            let (_, ages) = p.since.row(c as usize); // the same pairs, validated
-            for ((&i, &h), &age) in cols.iter().zip(vals).zip(ages) {
-                if let Some(r) = rows.get(i) {
-                    let r = r as usize;
-                    x[[r, HIST_LOG]] = h.ln_1p();
-                    x[[r, HIST_SHARE]] = h / orders;
-                    x[[r, HIST_RECENCY]] = 1.0 / (1.0 + age.max(0.0));
-                }
-            }
-            for (i, h) in self.history_for_ease(customer) {
-                let share = h / orders;
-                let (ecols, evals) = p.ease.row(i as usize);
-                for (&j, &b) in ecols.iter().zip(evals) {
-                    if let Some(r) = rows.get(j) {
-                        x[[r as usize, EASE_HISTORY]] += share * b;
-                    }
-                }
-            }
-        }
-        x
-    }
-
-    /// The customer's past items whose EASE rows count (`ease_history` and the EASE source): the
-    /// [`HISTORY_EASE_ITEMS`] bought in the most orders (ties: the lower index), by index, so a
-    /// long history costs a bounded number of rows.
-    fn history_for_ease(&self, customer: Option<CustomerIx>) -> Vec<(ItemIx, f32)> {
-        let Some(c) = customer else { return Vec::new() };
-        let (cols, vals) = self.parts.history.row(c as usize);
-        let mut v: Vec<(ItemIx, f32)> = cols.iter().copied().zip(vals.iter().copied()).collect();
-        if v.len() > HISTORY_EASE_ITEMS {
-            truncate_best(&mut v, HISTORY_EASE_ITEMS);
-            v.sort_unstable_by_key(|&(i, _)| i);
-        }
-        v
-    }
-
-    /// Calls `f(j, w)` for every weight of every EASE pair held whole by `basket`.
-    fn for_each_pair_weight(&self, basket: &[ItemIx], held: &mut Marks, mut f: impl FnMut(ItemIx, f32)) {
-        let pw = &self.parts.ease_pairs;
-        if pw.pairs.is_empty() || basket.len() < 2 {
-            return;
-        }
-        held.begin(self.n_items());
-        for &i in basket {
-            held.set(i, 0);
-        }
-        for &a in basket {
-            for &(b, q) in &self.pair_partners[a as usize] {
-                if held.contains(b) {
-                    let (cols, vals) = pw.weights.row(q as usize);
-                    cols.iter().zip(vals).for_each(|(&j, &w)| f(j, w));
-                }
-            }
-        }
+    /// The item's group for the per-category cap: its catalog category.
+    pub fn group_of(&self, j: ItemIx) -> Option<u32> {
+        self.category_of[j as usize]
     }
 
     /// True when `j` is a substitute of basket item `i`: same known category, and bought
@@ -1037,99 +661,54 @@ impl CrossSellModel {
             // clearly more often together than chance (beyond Poisson noise), or a substitute
             together <= expected + 2.0 * expected.sqrt() + 1.0
         } else {
-            expected >= p.policy.substitute_min_expected && together < expected
+            expected >= SUBSTITUTE_MIN_EXPECTED && together < expected
         }
     }
 
-    /// Ranks offers for a request (validated here): candidates from the sources (or the
-    /// allow-list), then features and scores for those only.
+    /// Ranks offers for a request (validated here) under the built-in [`Policies`]: candidates
+    /// from the sources (or the allow-list), then features and scores for those only, then the
+    /// touchpoint policy's rules.
     pub fn rank(&self, q: &RankQuery) -> Result<Ranking> {
-        with_scratch(|s| self.rank_in(q, s))
+        self.rank_with(q, &DEFAULT_POLICIES)
     }
 
-    fn rank_in(&self, q: &RankQuery, s: &mut Scratch) -> Result<Ranking> {
-        let (r, cands) = self.resolve_and_gather(q, s)?;
+    /// [`CrossSellModel::rank`] under the given policies (the server's configuration).
+    pub fn rank_with(&self, q: &RankQuery, policies: &Policies) -> Result<Ranking> {
+        with_scratch(|s| self.rank_in(q, policies.get(q.touchpoint), s))
+    }
+
+    fn rank_in(&self, q: &RankQuery, policy: &RankPolicy, s: &mut Scratch) -> Result<Ranking> {
+        let (r, cands) = self.resolve_and_gather(q, policy, s)?;
         let p = &self.parts;
-        let mut out = Ranking {
-            customer_known: r.customer.is_some(),
-            unknown_items: r.unknown_items,
-            suppressed: r.suppressed,
-            ..Default::default()
-        };
-        if out.suppressed.is_some() || cands.items.is_empty() {
+        let mut out = Ranking { customer_known: r.customer.is_some(), unknown_items: r.unknown_items, ..Default::default() };
+        if r.rule == CustomerRule::Suppress {
+            out.suppressed = Some(Suppression::ReturnRisk);
             return Ok(out);
         }
+        let effective = Effective::of(q, policy, r.rule, &mut out.withheld);
         let (customer, basket, items) = (r.customer, &r.basket, &cands.items);
-        let x = self.fill_features(customer, basket, items, &s.rows, &mut s.held);
-        let ranker = match &p.discovery_ranker {
-            Some(d) if q.new_to_customer && customer.is_some() => d,
-            _ => &p.ranker,
-        };
-        let scores = ranker.scores(&x);
-        let mut order: Vec<usize> = (0..items.len()).collect();
-        order.sort_unstable_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(items[a].cmp(&items[b])));
-        let mut per_category: HashMap<u32, usize> = HashMap::new();
-        for row in order {
-            if out.items.len() == r.k {
-                break;
-            }
-            let (j, score) = (items[row], scores[row]);
-            let probability = ranker.probability(score);
-            if probability < q.min_probability {
-                break; // scores are sorted, so every later item is below the threshold too
-            }
-            if !q.allow_substitutes && basket.iter().any(|&i| self.is_substitute(i, j)) {
-                continue;
-            }
-            if q.max_per_category > 0
-                && let Some(c) = self.category_of[j as usize]
-            {
-                let seen = per_category.entry(c).or_default();
-                if *seen >= q.max_per_category {
-                    continue;
-                }
-                *seen += 1;
-            }
-            out.items.push(RankedItem { item: j, score, probability, reason: self.reason(customer, basket, j, x.row(row)) });
+        if !items.is_empty() {
+            let x = self.fill_features(customer, basket, items, &s.rows, &mut s.held);
+            let ranker = match &p.discovery_ranker {
+                Some(d) if q.new_to_customer && customer.is_some() => d,
+                _ => &p.ranker,
+            };
+            let scores = ranker.scores(&x);
+            let make = |row: usize, score, probability| RankedItem {
+                item: items[row],
+                score,
+                probability,
+                reason: self.reason(customer, basket, items[row], x.row(row)),
+            };
+            out.items = {
+                let scored = Scored { ranker, items, scores: scores.as_slice().expect("contiguous") };
+                self.apply_policy(&effective, &scored, basket, &mut out.withheld, make)
+            };
+        }
+        if out.items.is_empty() {
+            let below = out.withheld.iter().any(|w| matches!(w, Withheld::BelowMinProbability(_)));
+            out.suppressed = Some(if below { Suppression::BelowMinProbability } else { Suppression::NoEligibleItem });
         }
         Ok(out)
-    }
-
-    fn reason(&self, customer: Option<CustomerIx>, basket: &[ItemIx], j: ItemIx, x: ArrayView1<'_, f32>) -> Reason {
-        let p = &self.parts;
-        let best_pair = basket
-            .iter()
-            .map(|&i| (i, p.pairs.get(i as usize, j) / p.items.orders[i as usize].max(1.0)))
-            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
-        if let Some((i, cond)) = best_pair
-            && cond > 0.0
-        {
-            return Reason::BoughtWith(i);
-        }
-        if customer.is_some() && x[feature::HIST_LOG] > 0.0 {
-            return Reason::BoughtBefore;
-        }
-        let best_emb = basket
-            .iter()
-            .map(|&i| (i, p.emb_in.row(i as usize).dot(&p.emb_out.row(j as usize))))
-            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
-        match best_emb {
-            Some((i, _)) => Reason::Complements(i),
-            None => Reason::Popular,
-        }
-    }
-
-    /// A human-readable explanation of a reason.
-    pub fn explain(&self, reason: Reason) -> (Option<&str>, String) {
-        let name = |i: ItemIx| {
-            let it = &self.parts.items;
-            it.names[i as usize].clone().unwrap_or_else(|| it.ids[i as usize].clone())
-        };
-        match reason {
-            Reason::BoughtWith(i) => (Some(self.parts.items.ids[i as usize].as_str()), format!("often bought with {}", name(i))),
-            Reason::Complements(i) => (Some(self.parts.items.ids[i as usize].as_str()), format!("complements {}", name(i))),
-            Reason::BoughtBefore => (None, "you bought this before".into()),
-            Reason::Popular => (None, "popular with other customers".into()),
-        }
     }
 }

@@ -1,7 +1,7 @@
 use ndarray::Array2;
 
 use crate::metrics::{Evaluator, QueryTags};
-use crate::model::{CustomerTable, ItemTable, ModelParts, N_FEATURES, PairWeights, Policy, Ranker};
+use crate::model::{CustomerTable, ItemTable, ModelParts, N_FEATURES, PairWeights, Ranker};
 use crate::protocol::{ProtocolConfig, draw_queries, time_split};
 use crate::*;
 use crate::{aggregate, names};
@@ -163,7 +163,6 @@ fn tiny_model() -> CrossSellModel {
             calib_b: -2.0,
         },
         discovery_ranker: None,
-        policy: Policy::default(),
         neighbours: Default::default(),
         retrieval: Default::default(),
     };
@@ -230,6 +229,44 @@ fn ranking_applies_filters_thresholds_and_cold_start() {
     assert!(r.items.is_empty() && r.suppressed == Some(crate::Suppression::ReturnRisk), "habitual returners get no push");
     let r = m.rank(&RankQuery { customer_id: Some("loyal".into()), ..q(&["card"], 3) }).unwrap();
     assert!(r.customer_known);
+}
+
+#[test]
+fn policies_are_configuration_and_say_what_they_withheld() {
+    use crate::{Objective, Policies, RankPolicy, Withheld};
+    let m = tiny_model();
+    let mut policies = Policies::default();
+    // the same model, a new rule: no retraining
+    policies.cart = RankPolicy { max_offers: 1, ..RankPolicy::default() };
+    let cart = RankQuery { touchpoint: Touchpoint::Cart, ..q(&["cam1"], 3) };
+    let r = m.rank_with(&cart, &policies).unwrap();
+    assert_eq!(r.items.len(), 1);
+    assert!(r.withheld.contains(&Withheld::OfferBudget(2)), "{:?}", r.withheld);
+    let r = m.rank(&q(&["cam1"], 3)).unwrap();
+    assert_eq!(r.withheld, [Withheld::Substitutes(1)], "the other camera");
+    // the policy's minimum probability counts when higher than the request's
+    policies.cart.min_probability = 0.999;
+    let r = m.rank_with(&cart, &policies).unwrap();
+    assert!(r.items.is_empty() && r.suppressed == Some(Suppression::BelowMinProbability));
+    // expected value puts the pricier of two offers first when their probabilities are close
+    let plain = m.rank(&RankQuery { allow: vec!["card".into(), "cable".into()], ..q(&["cam2"], 2) }).unwrap();
+    let ev = m.rank(&RankQuery { allow: vec!["card".into(), "cable".into()], objective: Some(Objective::ExpectedValue), ..q(&["cam2"], 2) }).unwrap();
+    let value = |r: &Ranking, k: usize| r.items[k].probability * m.parts().items.prices[r.items[k].item as usize];
+    assert!(value(&ev, 0) >= value(&ev, 1), "ordered by probability × price");
+    assert_eq!(plain.items.len(), 2);
+    // a customer who returns a quarter of their lines gets fewer offers where the policy says so
+    let mut parts = m.parts().clone();
+    parts.customers.return_rate[1] = 0.3;
+    let m = CrossSellModel::new(parts).unwrap();
+    let returner = RankQuery { customer_id: Some("returner".into()), touchpoint: Touchpoint::ProductPage, ..q(&["cam1"], 3) };
+    let r = m.rank(&returner).unwrap();
+    assert_eq!(r.items.len(), 1);
+    assert!(r.withheld.contains(&Withheld::ReturnLimit(2)), "{:?}", r.withheld);
+    assert_eq!(m.rank(&RankQuery { touchpoint: Touchpoint::Unspecified, ..returner }).unwrap().items.len(), 2, "the plain model does not limit");
+    // refused values name their key
+    policies.checkout.item_return_weight = 2.0;
+    let e = policies.validate().unwrap_err().to_string();
+    assert!(e.contains("policies.checkout.item_return_weight"), "{e}");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use ndarray::Array2;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
-use xsell_core::model::{ModelParts, PairWeights, Policy, Ranker};
+use xsell_core::model::{ModelParts, PairWeights, Ranker};
 use xsell_core::retrieval::{Neighbours, Retrieval};
 use xsell_core::{CrossSellModel, Csr};
 use xsell_data::tables;
@@ -67,8 +67,6 @@ pub struct Manifest {
     /// The discovery ranker, when training kept one.
     #[serde(default)]
     pub discovery_ranker: Option<Ranker>,
-    /// Ranking policy.
-    pub policy: Policy,
     /// Items in the catalog.
     pub n_items: usize,
     /// Customers in the customer table.
@@ -101,7 +99,6 @@ impl Manifest {
             features: Vec::new(),
             ranker: Ranker::single(0),
             discovery_ranker: None,
-            policy: Policy::default(),
             n_items: 0,
             n_customers: 0,
             dim: 0,
@@ -160,7 +157,6 @@ fn save_with(dir: &Path, mut manifest: Manifest, parts: &ModelParts, sync: &mut 
     manifest.n_recent = parts.n_recent;
     manifest.ranker = parts.ranker.clone();
     manifest.discovery_ranker = parts.discovery_ranker.clone();
-    manifest.policy = parts.policy;
     manifest.retrieval = parts.retrieval;
     manifest.features = xsell_core::model::FEATURES.iter().map(|s| s.to_string()).collect();
 
@@ -376,7 +372,6 @@ pub fn load(path: &Path) -> Result<Bundle> {
         n_recent: manifest.n_recent,
         ranker: manifest.ranker.clone(),
         discovery_ranker: manifest.discovery_ranker.clone(),
-        policy: manifest.policy,
         neighbours: if found >= 5 {
             Neighbours { comp: csr("neighbours_comp")?, similar: csr("neighbours_similar")? }
         } else {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+use xsell_core::Policies;
 
 /// Everything `xsell serve` can be told. Field names are the file's keys; nested tables are
 /// `[limits]`, `[http2]`, `[tls]` and `[auth]`; in the environment a key is `XSELL_<KEY>` and a
@@ -58,6 +59,11 @@ pub struct ServeConfig {
     /// Bearer-token authentication; every call but the health check needs a token when any is
     /// configured.
     pub auth: Auth,
+    /// Business rules per touchpoint, `[policies.<touchpoint>]` (`unspecified`, `product_page`,
+    /// `cart`, `checkout`, `post_purchase`, `email`): offer budget, minimum probability, price
+    /// ceiling, objective, per-category cap, return-risk rules. A table sets only the keys it
+    /// names; the others keep that touchpoint's defaults. Changing them needs no retraining.
+    pub policies: Policies,
 }
 
 /// Log output format.
@@ -157,6 +163,7 @@ impl Default for ServeConfig {
             http2: Http2::default(),
             tls: None,
             auth: Auth::default(),
+            policies: Policies::default(),
         }
     }
 }
@@ -198,6 +205,14 @@ pub enum ConfigError {
         /// What was expected.
         reason: String,
     },
+    /// A policy key's value is out of range.
+    #[error("configuration key '{key}': {reason}")]
+    Policy {
+        /// The dotted key, e.g. `policies.checkout.min_probability`.
+        key: String,
+        /// What was expected.
+        reason: String,
+    },
     /// The layers could not be read or merged (unknown key, wrong type, unreadable file).
     #[error("configuration: {0}")]
     Load(String),
@@ -221,6 +236,7 @@ const KEYS: &[&str] = &[
     "http2",
     "tls",
     "auth",
+    "policies",
 ];
 
 impl ServeConfig {
@@ -314,7 +330,10 @@ impl ServeConfig {
         if self.auth.tokens_env.as_deref().is_some_and(str::is_empty) {
             return bad("auth.tokens_env", "must name an environment variable");
         }
-        Ok(())
+        self.policies.validate().map_err(|e| match e {
+            xsell_core::Error::Config { key, reason } => ConfigError::Policy { key, reason },
+            other => ConfigError::Load(other.to_string()),
+        })
     }
 
     /// `models/<name>`.
@@ -422,6 +441,24 @@ mod tests {
             let e = ServeConfig::load(None, serde_json::json!({ key: value })).unwrap_err().to_string();
             assert!(e.contains(key), "{key}: {e}");
         }
+    }
+
+    #[test]
+    fn a_policy_table_sets_only_its_keys_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("serve.toml");
+        std::fs::write(&f, "[policies.checkout]\nmin_probability = 0.2\nobjective = \"expected_value\"\n").unwrap();
+        let cfg = ServeConfig::load(Some(&f), serde_json::json!({})).unwrap();
+        let (got, default) = (cfg.policies.checkout, Policies::default().checkout);
+        assert_eq!((got.min_probability, got.objective), (0.2, xsell_core::Objective::ExpectedValue));
+        assert_eq!((got.max_offers, got.max_price_ratio), (default.max_offers, default.max_price_ratio), "the other keys keep the checkout defaults");
+        assert_eq!(cfg.policies.cart, Policies::default().cart);
+        std::fs::write(&f, "[policies.cart]\nmin_probability = 1.5\n").unwrap();
+        let e = ServeConfig::load(Some(&f), serde_json::json!({})).unwrap_err().to_string();
+        assert!(e.contains("policies.cart.min_probability"), "{e}");
+        std::fs::write(&f, "[policies.cart]\nmax_offer = 2\n").unwrap();
+        let e = ServeConfig::load(Some(&f), serde_json::json!({})).unwrap_err().to_string();
+        assert!(e.contains("max_offer"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Protobuf ⇄ core conversions, and core errors → gRPC status.
 
 use tonic::Status;
-use xsell_core::{RankQuery, Ranking, Suppression, Touchpoint};
+use xsell_core::{Objective, RankQuery, Ranking, Suppression, Touchpoint, Withheld};
 use xsell_model::Bundle;
 use xsell_proto::v1;
 
@@ -13,7 +13,14 @@ pub fn query(req: &v1::RankRequest) -> Result<RankQuery, Status> {
         Ok(v1::Touchpoint::Cart) => Touchpoint::Cart,
         Ok(v1::Touchpoint::Checkout) => Touchpoint::Checkout,
         Ok(v1::Touchpoint::PostPurchase) => Touchpoint::PostPurchase,
+        Ok(v1::Touchpoint::Email) => Touchpoint::Email,
         Err(_) => return Err(Status::invalid_argument(format!("touchpoint {} is not a known Touchpoint", req.touchpoint))),
+    };
+    let objective = match v1::Objective::try_from(req.objective) {
+        Ok(v1::Objective::Unspecified) => None,
+        Ok(v1::Objective::Probability) => Some(Objective::Probability),
+        Ok(v1::Objective::ExpectedValue) => Some(Objective::ExpectedValue),
+        Err(_) => return Err(Status::invalid_argument(format!("objective {} is not a known Objective", req.objective))),
     };
     if req.customer_id.as_deref().is_some_and(|c| c.trim().is_empty()) {
         return Err(Status::invalid_argument("customer_id is set but empty; leave it unset for an anonymous customer"));
@@ -33,6 +40,7 @@ pub fn query(req: &v1::RankRequest) -> Result<RankQuery, Status> {
         max_per_category: req.max_per_category as usize,
         allow_substitutes: req.allow_substitutes,
         new_to_customer: req.new_to_customer,
+        objective,
     };
     q.validate().map_err(core_status)?;
     Ok(q)
@@ -80,8 +88,22 @@ pub fn response(bundle: &Bundle, ranking: Ranking, request_id: String) -> v1::Ra
         suppression: match ranking.suppressed {
             None => v1::Suppression::None,
             Some(Suppression::ReturnRisk) => v1::Suppression::ReturnRisk,
+            Some(Suppression::BelowMinProbability) => v1::Suppression::BelowMinProbability,
+            Some(Suppression::NoEligibleItem) => v1::Suppression::NoEligibleItem,
         } as i32,
+        withheld: ranking.withheld.iter().map(|&w| withheld(w)).collect(),
     }
+}
+
+fn withheld(w: Withheld) -> v1::Withheld {
+    let (rule, count) = match w {
+        Withheld::Substitutes(n) => (v1::WithheldRule::Substitute, n),
+        Withheld::CategoryCap(n) => (v1::WithheldRule::CategoryCap, n),
+        Withheld::BelowMinProbability(n) => (v1::WithheldRule::MinProbability, n),
+        Withheld::OfferBudget(n) => (v1::WithheldRule::OfferBudget, n),
+        Withheld::ReturnLimit(n) => (v1::WithheldRule::ReturnLimit, n),
+    };
+    v1::Withheld { rule: rule as i32, count }
 }
 
 /// The model description. It holds no filesystem path: the training input is named by its

@@ -172,7 +172,15 @@ pub async fn serve_on(bound: Bound, shutdown: impl Future<Output = ()> + Send + 
     let (drain_tx, drain_rx) = watch::channel(false);
     let (close_tx, close_rx) = watch::channel(false);
     let compute = compute::Compute::new(cfg.threads(), cfg.bulk_threads(), cfg.max_in_flight, metrics.clone()).map_err(ServeError::Pool)?;
-    let service = CrossSellService::new(store.clone(), compute, metrics.clone(), cfg.limits.clone(), cfg.http2.stream_read_ahead, close_rx);
+    let service = CrossSellService::new(
+        store.clone(),
+        compute,
+        metrics.clone(),
+        cfg.limits.clone(),
+        cfg.policies.clone(),
+        cfg.http2.stream_read_ahead,
+        close_rx,
+    );
     let auth = auth::Auth::new(&cfg.tokens()?);
     if auth.enabled() {
         tracing::info!("bearer-token authentication on (health checks exempt)");

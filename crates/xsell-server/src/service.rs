@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::{Stream, StreamExt};
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status, Streaming};
+use xsell_core::Policies;
 use xsell_proto::v1;
 use xsell_proto::v1::cross_sell_server::CrossSell;
 
@@ -33,6 +34,8 @@ struct Inner {
     compute: Compute,
     metrics: Arc<Metrics>,
     limits: Limits,
+    /// The business rules per touchpoint (configuration, not the bundle).
+    policies: Policies,
     read_ahead: usize,
     /// Becomes true when the shutdown grace period is over: open streams end.
     close_streams: watch::Receiver<bool>,
@@ -91,12 +94,23 @@ impl CrossSellService {
         compute: Compute,
         metrics: Arc<Metrics>,
         limits: Limits,
+        policies: Policies,
         read_ahead: usize,
         close_streams: watch::Receiver<bool>,
     ) -> Self {
         let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         CrossSellService {
-            inner: Arc::new(Inner { store, compute, metrics, limits, read_ahead, close_streams, next_id: AtomicU64::new(1), boot }),
+            inner: Arc::new(Inner {
+                store,
+                compute,
+                metrics,
+                limits,
+                policies,
+                read_ahead,
+                close_streams,
+                next_id: AtomicU64::new(1),
+                boot,
+            }),
         }
     }
 }
@@ -136,7 +150,7 @@ impl Inner {
         } else {
             req.request_id
         };
-        let ranking = served.bundle.model.rank(&query).map_err(convert::core_status)?;
+        let ranking = served.bundle.model.rank_with(&query, &self.policies).map_err(convert::core_status)?;
         let resp = convert::response(&served.bundle, ranking, request_id);
         self.metrics.ranked.inc();
         tracing::debug!(request_id = ?resp.request_id, model_version = %resp.model_version, offers = resp.items.len(), "ranked");

@@ -5,7 +5,7 @@ use std::time::Instant;
 use ndarray::s;
 use serde::{Deserialize, Serialize};
 use xsell_core::aggregate::AggregateConfig;
-use xsell_core::model::{CustomerTable, ItemTable, ModelParts, Policy, Ranker, feature};
+use xsell_core::model::{CustomerTable, ItemTable, ModelParts, Ranker, feature};
 use xsell_core::retrieval::{Neighbours, Retrieval};
 use xsell_core::{Aggregates, CrossSellModel, Csr, ItemIx, OrderLog};
 
@@ -198,7 +198,6 @@ fn build(log: &OrderLog, agg: &Aggregates, cfg: &TrainConfig, ranker: Ranker, pr
         n_recent: agg.n_recent as f32,
         ranker,
         discovery_ranker: None,
-        policy: Policy::default(),
         neighbours,
         retrieval: Retrieval { budget: cfg.candidate_budget },
     };

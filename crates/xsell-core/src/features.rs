@@ -1,0 +1,250 @@
+//! The ranker's features: what [`CrossSellModel`] computes for each candidate of a request.
+//!
+//! An item's feature row depends on the customer, the basket and the item only, never on the
+//! other candidates, so the trainer, `xsell eval` and the server see the same rows.
+
+use ndarray::{Array2, ArrayView1, Axis};
+
+use crate::model::CrossSellModel;
+use crate::model::HISTORY_EASE_ITEMS;
+use crate::retrieval::{Candidates, Marks, Scratch, truncate_best, with_scratch};
+use crate::{CustomerIx, ItemIx};
+
+/// Names of the ranker's features, in column order of [`CrossSellModel::features`].
+pub const FEATURES: [&str; 16] = [
+    "cooc_max",     // max over basket items i of P(j | i)
+    "cooc_mean",    // mean over basket items of P(j | i)
+    "jaccard_max",  // max over basket items of |i ∧ j| / |i ∨ j|
+    "jaccard_mean", // mean over basket items of the Jaccard index
+    "ease",         // sum over basket items of the EASE weight B[i, j]
+    "ease_history", // sum over the customer's 50 most-bought past items of their order share × B[i, j]
+    "emb_comp",     // mean over basket items of input(i) · output(j): "bought with"
+    "emb_cos",      // max cosine(input(i), input(j)): "used in the same contexts"
+    "name_basket",  // cosine of j's name (TF-IDF of its words) with the basket's names together
+    "name_max",     // max over basket items of the cosine between the two names
+    "popularity",   // log(1 + orders with j) / log(1 + orders)
+    "pop_recent",   // the same over the newest training orders (trends, seasons)
+    "hist_log",     // log(1 + orders of this customer with j)
+    "hist_share",   // share of this customer's orders with j
+    "hist_recency", // 1 / (1 + this customer's orders since their last one with j)
+    "item_returns", // share of j's sold lines that came back
+];
+/// Number of ranker features.
+pub const N_FEATURES: usize = FEATURES.len();
+
+/// Column indices of [`FEATURES`].
+pub mod feature {
+    #![allow(missing_docs)]
+    pub const COOC_MAX: usize = 0;
+    pub const COOC_MEAN: usize = 1;
+    pub const JACCARD_MAX: usize = 2;
+    pub const JACCARD_MEAN: usize = 3;
+    pub const EASE: usize = 4;
+    pub const EASE_HISTORY: usize = 5;
+    pub const EMB_COMP: usize = 6;
+    pub const EMB_COS: usize = 7;
+    pub const NAME_BASKET: usize = 8;
+    pub const NAME_MAX: usize = 9;
+    pub const POPULARITY: usize = 10;
+    pub const POP_RECENT: usize = 11;
+    pub const HIST_LOG: usize = 12;
+    pub const HIST_SHARE: usize = 13;
+    pub const HIST_RECENCY: usize = 14;
+    pub const ITEM_RETURNS: usize = 15;
+}
+
+/// Feature groups, for ablations: a group's features are zeroed together.
+pub const FEATURE_GROUPS: [(&str, &[usize]); 7] = {
+    use feature::*;
+    [
+        ("co-occurrence", &[COOC_MAX, COOC_MEAN, JACCARD_MAX, JACCARD_MEAN]),
+        ("ease", &[EASE]),
+        ("embeddings", &[EMB_COMP, EMB_COS]),
+        ("names", &[NAME_BASKET, NAME_MAX]),
+        ("popularity", &[POPULARITY, POP_RECENT]),
+        ("customer history", &[EASE_HISTORY, HIST_LOG, HIST_SHARE, HIST_RECENCY]),
+        ("returns", &[ITEM_RETURNS]),
+    ]
+};
+
+impl CrossSellModel {
+    /// Raw (unstandardized) features of every catalog item for a customer and basket:
+    /// an items × [`N_FEATURES`] matrix, columns as named in [`FEATURES`] (work proportional to
+    /// the catalog: for tests and analysis, never on the serving path).
+    pub fn features(&self, customer: Option<CustomerIx>, basket: &[ItemIx]) -> Array2<f32> {
+        let all: Vec<ItemIx> = (0..self.n_items() as ItemIx).collect();
+        self.features_of(customer, basket, &all)
+    }
+
+    /// Raw features of `items` (row `r` is `items[r]`; each item once) for a customer and basket.
+    /// An item's row does not depend on which other items are listed.
+    pub fn features_of(&self, customer: Option<CustomerIx>, basket: &[ItemIx], items: &[ItemIx]) -> Array2<f32> {
+        with_scratch(|s| {
+            s.rows.begin(self.n_items());
+            for (r, &j) in items.iter().enumerate() {
+                s.rows.set(j, r as u32);
+            }
+            self.fill_features(customer, basket, items, &s.rows, &mut s.held)
+        })
+    }
+
+    /// The candidates the trainer and the validation rank for a query (basket items left out,
+    /// and the customer's past items for a discovery query; no other filter), with `extra`
+    /// added when it is not among them (a training target), and their raw features.
+    pub fn candidate_features(
+        &self,
+        customer: Option<CustomerIx>,
+        basket: &[ItemIx],
+        extra: Option<ItemIx>,
+        new_to_customer: bool,
+    ) -> (Candidates, Array2<f32>) {
+        with_scratch(|s| {
+            let n = self.n_items();
+            s.excluded.begin(n);
+            for &i in basket {
+                s.excluded.set(i, 0);
+            }
+            if new_to_customer && let Some(c) = customer {
+                for &i in self.parts.history.row(c as usize).0 {
+                    s.excluded.set(i, 0);
+                }
+            }
+            let Scratch { excluded, rows, acc, held, lists } = s;
+            let eligible = |j: ItemIx| !excluded.contains(j);
+            let mut c = self.gather(customer, basket, &[], &[], &eligible, self.budget(), basket.len(), acc, held, rows, lists);
+            if let Some(t) = extra.filter(|&t| !rows.contains(t) && (t as usize) < n) {
+                rows.set(t, c.items.len() as u32);
+                c.items.push(t);
+                c.sources.push(0);
+            }
+            let x = self.fill_features(customer, basket, &c.items, rows, held);
+            (c, x)
+        })
+    }
+
+    /// Raw features of the candidate `items` (`rows` marks each one's row).
+    pub(crate) fn fill_features(
+        &self,
+        customer: Option<CustomerIx>,
+        basket: &[ItemIx],
+        items: &[ItemIx],
+        rows: &Marks,
+        held: &mut Marks,
+    ) -> Array2<f32> {
+        use feature::*;
+        let p = &self.parts;
+        let m = items.len();
+        let mut x = Array2::<f32>::zeros((m, N_FEATURES));
+        let log_n = (1.0 + p.n_orders).ln().max(1e-6);
+        let log_recent = (1.0 + p.n_recent).ln().max(1e-6);
+        for (r, &j) in items.iter().enumerate() {
+            let j = j as usize;
+            x[[r, POPULARITY]] = (1.0 + p.items.orders[j]).ln() / log_n;
+            x[[r, POP_RECENT]] = (1.0 + p.items.recent_orders[j]).ln() / log_recent;
+            x[[r, ITEM_RETURNS]] = p.items.return_rate[j];
+        }
+        if !basket.is_empty() && m > 0 {
+            let inv_b = 1.0 / basket.len() as f32;
+            for &i in basket {
+                let ci = p.items.orders[i as usize].max(1.0);
+                let (cols, vals) = p.pairs.row(i as usize);
+                for (&j, &cij) in cols.iter().zip(vals) {
+                    let Some(r) = rows.get(j) else { continue };
+                    let r = r as usize;
+                    let cond = cij / ci;
+                    let jac = cij / (ci + p.items.orders[j as usize] - cij).max(1.0);
+                    x[[r, COOC_MAX]] = x[[r, COOC_MAX]].max(cond);
+                    x[[r, COOC_MEAN]] += cond * inv_b;
+                    x[[r, JACCARD_MAX]] = x[[r, JACCARD_MAX]].max(jac);
+                    x[[r, JACCARD_MEAN]] += jac * inv_b;
+                }
+                let (cols, vals) = p.ease.row(i as usize);
+                for (&j, &b) in cols.iter().zip(vals) {
+                    if let Some(r) = rows.get(j) {
+                        x[[r as usize, EASE]] += b;
+                    }
+                }
+            }
+            self.for_each_pair_weight(basket, held, |j, w| {
+                if let Some(r) = rows.get(j) {
+                    x[[r as usize, EASE]] += w;
+                }
+            });
+            if !p.ease_always_on.is_empty() {
+                for (r, &j) in items.iter().enumerate() {
+                    x[[r, EASE]] += p.ease_always_on[j as usize];
+                }
+            }
+            let (basket_sim, best) = self.names.similarities(basket, items);
+            x.column_mut(NAME_BASKET).assign(&ArrayView1::from(&basket_sim));
+            x.column_mut(NAME_MAX).assign(&ArrayView1::from(&best));
+            let b_rows: Vec<usize> = basket.iter().map(|&i| i as usize).collect();
+            let c_rows: Vec<usize> = items.iter().map(|&j| j as usize).collect();
+            let mean_in = p.emb_in.select(Axis(0), &b_rows).mean_axis(Axis(0)).expect("basket is not empty");
+            x.column_mut(EMB_COMP).assign(&p.emb_out.select(Axis(0), &c_rows).dot(&mean_in));
+            let sims = self.emb_in_unit.select(Axis(0), &c_rows).dot(&self.emb_in_unit.select(Axis(0), &b_rows).t());
+            for (r, row) in sims.axis_iter(Axis(0)).enumerate() {
+                x[[r, EMB_COS]] = row.iter().copied().fold(f32::MIN, f32::max);
+            }
+        }
+        if let Some(c) = customer
+            && m > 0
+        {
+            let orders = p.customers.orders[c as usize].max(1.0);
+            let (cols, vals) = p.history.row(c as usize);
+            let (_, ages) = p.since.row(c as usize); // the same pairs, validated
+            for ((&i, &h), &age) in cols.iter().zip(vals).zip(ages) {
+                if let Some(r) = rows.get(i) {
+                    let r = r as usize;
+                    x[[r, HIST_LOG]] = h.ln_1p();
+                    x[[r, HIST_SHARE]] = h / orders;
+                    x[[r, HIST_RECENCY]] = 1.0 / (1.0 + age.max(0.0));
+                }
+            }
+            for (i, h) in self.history_for_ease(customer) {
+                let share = h / orders;
+                let (ecols, evals) = p.ease.row(i as usize);
+                for (&j, &b) in ecols.iter().zip(evals) {
+                    if let Some(r) = rows.get(j) {
+                        x[[r as usize, EASE_HISTORY]] += share * b;
+                    }
+                }
+            }
+        }
+        x
+    }
+
+    /// The customer's past items whose EASE rows count (`ease_history` and the EASE source): the
+    /// [`HISTORY_EASE_ITEMS`] bought in the most orders (ties: the lower index), by index, so a
+    /// long history costs a bounded number of rows.
+    pub(crate) fn history_for_ease(&self, customer: Option<CustomerIx>) -> Vec<(ItemIx, f32)> {
+        let Some(c) = customer else { return Vec::new() };
+        let (cols, vals) = self.parts.history.row(c as usize);
+        let mut v: Vec<(ItemIx, f32)> = cols.iter().copied().zip(vals.iter().copied()).collect();
+        if v.len() > HISTORY_EASE_ITEMS {
+            truncate_best(&mut v, HISTORY_EASE_ITEMS);
+            v.sort_unstable_by_key(|&(i, _)| i);
+        }
+        v
+    }
+
+    /// Calls `f(j, w)` for every weight of every EASE pair held whole by `basket`.
+    pub(crate) fn for_each_pair_weight(&self, basket: &[ItemIx], held: &mut Marks, mut f: impl FnMut(ItemIx, f32)) {
+        let pw = &self.parts.ease_pairs;
+        if pw.pairs.is_empty() || basket.len() < 2 {
+            return;
+        }
+        held.begin(self.n_items());
+        for &i in basket {
+            held.set(i, 0);
+        }
+        for &a in basket {
+            for &(b, q) in &self.pair_partners[a as usize] {
+                if held.contains(b) {
+                    let (cols, vals) = pw.weights.row(q as usize);
+                    cols.iter().zip(vals).for_each(|(&j, &w)| f(j, w));
+                }
+            }
+        }
+    }
+}
