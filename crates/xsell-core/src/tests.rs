@@ -250,7 +250,9 @@ fn policies_are_configuration_and_say_what_they_withheld() {
     assert!(r.items.is_empty() && r.suppressed == Some(Suppression::BelowMinProbability));
     // expected value puts the pricier of two offers first when their probabilities are close
     let plain = m.rank(&RankQuery { allow: vec!["card".into(), "cable".into()], ..q(&["cam2"], 2) }).unwrap();
-    let ev = m.rank(&RankQuery { allow: vec!["card".into(), "cable".into()], objective: Some(Objective::ExpectedValue), ..q(&["cam2"], 2) }).unwrap();
+    let ev = m
+        .rank(&RankQuery { allow: vec!["card".into(), "cable".into()], objective: Some(Objective::ExpectedValue), ..q(&["cam2"], 2) })
+        .unwrap();
     let value = |r: &Ranking, k: usize| r.items[k].probability * m.parts().items.prices[r.items[k].item as usize];
     assert!(value(&ev, 0) >= value(&ev, 1), "ordered by probability × price");
     assert_eq!(plain.items.len(), 2);
@@ -262,7 +264,11 @@ fn policies_are_configuration_and_say_what_they_withheld() {
     let r = m.rank(&returner).unwrap();
     assert_eq!(r.items.len(), 1);
     assert!(r.withheld.contains(&Withheld::ReturnLimit(2)), "{:?}", r.withheld);
-    assert_eq!(m.rank(&RankQuery { touchpoint: Touchpoint::Unspecified, ..returner }).unwrap().items.len(), 2, "the plain model does not limit");
+    assert_eq!(
+        m.rank(&RankQuery { touchpoint: Touchpoint::Unspecified, ..returner }).unwrap().items.len(),
+        2,
+        "the plain model does not limit"
+    );
     // refused values name their key
     policies.checkout.item_return_weight = 2.0;
     let e = policies.validate().unwrap_err().to_string();

@@ -451,7 +451,11 @@ mod tests {
         let cfg = ServeConfig::load(Some(&f), serde_json::json!({})).unwrap();
         let (got, default) = (cfg.policies.checkout, Policies::default().checkout);
         assert_eq!((got.min_probability, got.objective), (0.2, xsell_core::Objective::ExpectedValue));
-        assert_eq!((got.max_offers, got.max_price_ratio), (default.max_offers, default.max_price_ratio), "the other keys keep the checkout defaults");
+        assert_eq!(
+            (got.max_offers, got.max_price_ratio),
+            (default.max_offers, default.max_price_ratio),
+            "the other keys keep the checkout defaults"
+        );
         assert_eq!(cfg.policies.cart, Policies::default().cart);
         std::fs::write(&f, "[policies.cart]\nmin_probability = 1.5\n").unwrap();
         let e = ServeConfig::load(Some(&f), serde_json::json!({})).unwrap_err().to_string();
