@@ -235,9 +235,8 @@ fn ranking_applies_filters_thresholds_and_cold_start() {
 fn policies_are_configuration_and_say_what_they_withheld() {
     use crate::{Objective, Policies, RankPolicy, Withheld};
     let m = tiny_model();
-    let mut policies = Policies::default();
     // the same model, a new rule: no retraining
-    policies.cart = RankPolicy { max_offers: 1, ..RankPolicy::default() };
+    let mut policies = Policies { cart: RankPolicy { max_offers: 1, ..RankPolicy::default() }, ..Policies::default() };
     let cart = RankQuery { touchpoint: Touchpoint::Cart, ..q(&["cam1"], 3) };
     let r = m.rank_with(&cart, &policies).unwrap();
     assert_eq!(r.items.len(), 1);
