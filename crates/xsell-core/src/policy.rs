@@ -250,7 +250,7 @@ pub enum Withheld {
     Substitutes(u32),
     /// Over the per-category cap.
     CategoryCap(u32),
-    /// Below the minimum probability (among the items that would otherwise have been shown).
+    /// Candidates below the minimum probability, passed over while the offers were filled.
     BelowMinProbability(u32),
     /// Offers the request asked for beyond the touchpoint's offer budget.
     OfferBudget(u32),
