@@ -511,6 +511,8 @@ mod arbitrary {
                         request_id,
                         new_to_customer,
                         objective: 0,
+                        // explained whenever substitutes are allowed: both paths get fuzzed
+                        explain: allow_substitutes,
                     }
                 },
             )

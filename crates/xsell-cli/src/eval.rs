@@ -16,6 +16,7 @@ use xsell_core::model::{ModelParts, Ranker, feature};
 use xsell_core::protocol::{ProtocolConfig, Query, draw_queries, time_split};
 use xsell_core::{CrossSellModel, ItemIx, OrderLog, RankQuery};
 
+use crate::business::{AttachQueries, Business, Judge, ReturnEffect};
 use crate::progress::Bars;
 use crate::train::{CommonTrain, manifest, read_input};
 
@@ -45,6 +46,10 @@ pub struct EvalArgs {
     /// Write the reliability diagram (SVG) here (default: beside the report).
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Write a self-contained HTML report here: the metric table beside the baselines, hit@k
+    /// curves, the reliability diagram, discovery, ablation and business measures, as charts.
+    #[arg(long)]
+    html: Option<PathBuf>,
     /// Share of newest orders held out.
     #[arg(long, default_value_t = 0.10)]
     test_fraction: f64,
@@ -62,6 +67,14 @@ pub struct EvalArgs {
     /// hit@10, mrr@20 and time per query for each, the recall/latency trade-off.
     #[arg(long, value_delimiter = ',')]
     budgets: Vec<usize>,
+    /// Attribute the orders of --orders to the offers of this exposure log (the server's
+    /// `[exposures] dir`, a file or a glob) instead of running the protocol: attachment rate,
+    /// conversion, cross-sell revenue share, order values, return rate of cross-sold items.
+    #[arg(long)]
+    exposures: Option<String>,
+    /// With --exposures: an exposure counts for its customer's first order within this many days.
+    #[arg(long, default_value_t = 7.0)]
+    attribution_days: f64,
 }
 
 /// Stages shown alone by `--ablation`: the feature that stands for each candidate source.
@@ -78,6 +91,9 @@ const STAGES: [(&str, usize); 6] = [
 type Lists = Vec<(Vec<String>, Option<Vec<f32>>)>;
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
+    if let Some(spec) = &a.exposures {
+        return attribute(&a, spec);
+    }
     anyhow::ensure!(a.test_fraction > 0.0 && a.test_fraction < 1.0, "--test-fraction must be within (0, 1)");
     let cfg = xsell_train::TrainConfig { ablation: a.ablation, ..a.common.hyperparameters()? }.check()?;
     let (log, sha) = read_input(&a.orders, &a.common.column_map()?)?;
@@ -104,12 +120,18 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let mut report_training = None;
     let mut recall: Vec<(&str, CandidateRecall)> = Vec::new();
     let mut budgets: Vec<(usize, f64, Metrics, f64)> = Vec::new();
+    let attach = AttachQueries::of(&queries);
+    let mut business: Vec<(String, Business)> = Vec::new();
+    let mut return_effect = None;
+    let mut latent = false;
     let model_version;
     if let Some(server) = &a.server {
         let t = Instant::now();
         let (version, lists) = remote(server, &queries, false)?;
         model_version = version;
         systems.push(("xsell".into(), judge(&queries, &lists, &tags, n_train_items), t.elapsed().as_secs_f64()));
+        let (_, attach_lists) = remote(server, &attach.queries, false)?;
+        business.push(("xsell".into(), Business::of(&queries, &lists, &attach, &attach_lists, &Judge::new(&log, None))));
         if !discovery_queries.is_empty() {
             let (_, lists) = remote(server, &discovery_queries, true)?;
             discovery.push(("xsell".into(), Discovery::of(&discovery_queries, &lists, &tags, n_train_items)));
@@ -132,6 +154,21 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         let t = Instant::now();
         let lists = local(&model, &queries, false)?;
         systems.push(("xsell".into(), judge(&queries, &lists, &tags, n_train_items), t.elapsed().as_secs_f64()));
+        let judge_by = Judge::new(&log, Some(&model));
+        latent = model.latent_kinds();
+        business.push(("xsell".into(), Business::of(&queries, &lists, &attach, &local(&model, &attach.queries, false)?, &judge_by)));
+        let mut plain = lists;
+        if model.parts().latent_substitutes || log.catalog.categories.iter().any(Option::is_some) {
+            // what the substitute rule costs: the same model, substitutes allowed
+            plain = local_with(&model, &queries, &|q| RankQuery { allow_substitutes: true, ..rank_query(q, false) })?;
+            systems.push(("xsell (substitutes)".into(), judge(&queries, &plain, &tags, n_train_items), 0.0));
+            let attach_lists = local_with(&model, &attach.queries, &|q| RankQuery { allow_substitutes: true, ..rank_query(q, false) })?;
+            business.push(("xsell (substitutes)".into(), Business::of(&queries, &plain, &attach, &attach_lists, &judge_by)));
+        }
+        drop(plain);
+        if !log.returns.is_empty() {
+            return_effect = Some(ReturnEffect::of(&model, &log, &queries, split.cutoff_ts)?);
+        }
         let lists = local(&model, &discovery_queries, true)?;
         discovery.push(("xsell".into(), Discovery::of(&discovery_queries, &lists, &tags, n_train_items)));
         recall = vec![
@@ -168,16 +205,20 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         let baselines: [(&str, &dyn Recommender); 3] =
             [("ease", &peer), ("cooccurrence", &Cooccurrence(agg)), ("popularity", &Popularity(agg))];
         let ix: HashMap<&str, ItemIx> = log.catalog.ids.iter().enumerate().map(|(i, s)| (s.as_str(), i as ItemIx)).collect();
+        let judge_by = Judge::new(&log, Some(&model));
         for (name, rec) in baselines {
             let t = Instant::now();
-            let lists: Lists = queries
-                .par_iter()
-                .map(|q| {
-                    let basket: Vec<ItemIx> = q.basket.iter().filter_map(|s| ix.get(s.as_str()).copied()).collect();
-                    (rec.recommend(None, &basket, 20).into_iter().map(|i| log.catalog.ids[i as usize].clone()).collect(), None)
-                })
-                .collect();
+            let ranked = |qs: &[Query]| -> Lists {
+                qs.par_iter()
+                    .map(|q| {
+                        let basket: Vec<ItemIx> = q.basket.iter().filter_map(|s| ix.get(s.as_str()).copied()).collect();
+                        (rec.recommend(None, &basket, 20).into_iter().map(|i| log.catalog.ids[i as usize].clone()).collect(), None)
+                    })
+                    .collect()
+            };
+            let lists = ranked(&queries);
             systems.push((name.into(), judge(&queries, &lists, &tags, n_train_items), t.elapsed().as_secs_f64()));
+            business.push((name.into(), Business::of(&queries, &lists, &attach, &ranked(&attach.queries), &judge_by)));
             // ranked the same way: the customer's past items left out of a longer list
             let lists: Lists = discovery_queries
                 .par_iter()
@@ -193,6 +234,10 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     }
     print_table(&a.orders, &split, queries.len(), &systems, train_seconds);
     print_discovery(&discovery);
+    crate::business::print(&business, latent);
+    if let Some(r) = &return_effect {
+        r.print();
+    }
     for (name, r) in &recall {
         r.print(name);
     }
@@ -209,6 +254,21 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
                 secs * 1e3 * rayon::current_num_threads() as f64 / queries.len() as f64
             );
         }
+    }
+    if let Some(path) = &a.html {
+        let page = crate::html::Page {
+            dataset: &a.orders,
+            model_version: &model_version,
+            queries: queries.len(),
+            train_seconds,
+            systems: &systems,
+            discovery: discovery.iter().map(|(n, d)| (n.clone(), d.queries, d.hit10, d.mrr20, d.se)).collect(),
+            business: &business,
+            return_effect: return_effect.as_ref(),
+            reliability_svg: systems.iter().find(|(n, _, _)| n == "xsell").map(|(_, m, _)| reliability_svg(m)),
+        };
+        std::fs::write(path, page.render()).with_context(|| format!("writing {}", path.display()))?;
+        outln!("html report: {}", path.display());
     }
     if let Some(report) = &a.report {
         let sys: serde_json::Map<String, serde_json::Value> = systems
@@ -235,6 +295,8 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             "hyperparameters": cfg,
             "training": report_training,
             "systems": sys,
+            "business": business.iter().map(|(n, b)| (n.clone(), json!(b))).collect::<serde_json::Map<_, _>>(),
+            "return_effect": return_effect,
             "candidate_recall": recall.iter().map(|(name, r)| (name.to_string(), r.json())).collect::<serde_json::Map<_, _>>(),
             "budgets": budgets.iter().map(|(b, r, m, secs)| json!({
                 "budget": b, "recall": r, "hit@10": m.hit10, "mrr@20": m.mrr20, "rank_seconds": secs
@@ -247,6 +309,22 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             std::fs::write(&plot, reliability_svg(m)).with_context(|| format!("writing {}", plot.display()))?;
             outln!("reliability diagram: {}", plot.display());
         }
+    }
+    Ok(())
+}
+
+/// `--exposures`: the online measures from the server's exposure log.
+fn attribute(a: &EvalArgs, spec: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(a.attribution_days.is_finite() && a.attribution_days > 0.0, "--attribution-days must be a positive number of days");
+    let (log, sha) = read_input(&a.orders, &a.common.column_map()?)?;
+    let exposures = crate::attribution::read_exposures(spec)?;
+    let r = crate::attribution::attribute(&log, &exposures, (a.attribution_days * 86_400_000.0) as i64);
+    r.print(a.attribution_days);
+    if let Some(report) = &a.report {
+        let doc =
+            json!({ "dataset": a.orders, "sha256": sha, "exposures": spec, "attribution_days": a.attribution_days, "attribution": r });
+        std::fs::write(report, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("writing {}", report.display()))?;
+        outln!("report: {}", report.display());
     }
     Ok(())
 }
@@ -265,10 +343,14 @@ pub fn rank_query(q: &Query, new_to_customer: bool) -> RankQuery {
 }
 
 fn local(model: &CrossSellModel, queries: &[Query], new_to_customer: bool) -> anyhow::Result<Lists> {
+    local_with(model, queries, &|q| rank_query(q, new_to_customer))
+}
+
+fn local_with(model: &CrossSellModel, queries: &[Query], request: &(dyn Fn(&Query) -> RankQuery + Sync)) -> anyhow::Result<Lists> {
     queries
         .par_iter()
         .map(|q| {
-            let r = model.rank(&rank_query(q, new_to_customer))?;
+            let r = model.rank(&request(q))?;
             let items = r.items.iter().map(|i| model.parts().items.ids[i.item as usize].clone()).collect();
             Ok((items, Some(r.items.iter().map(|i| i.probability).collect())))
         })

@@ -12,10 +12,14 @@ macro_rules! out {
     ($($t:tt)*) => { $crate::stdout_write(format_args!($($t)*), false) };
 }
 
+mod attribution;
+mod batch;
 mod bench;
 mod bench_serve;
+mod business;
 mod client;
 mod eval;
+mod html;
 mod progress;
 mod train;
 
@@ -46,6 +50,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Serve the latest model bundle over gRPC.
     Serve(ServeArgs),
+    /// Offers for every customer (or a list) from their history and last order, for campaigns (parquet).
+    Batch(batch::BatchArgs),
     /// Measure ranking latency, training time and peak memory.
     Bench(bench::BenchArgs),
     /// Load-test a gRPC server over loopback: latency and throughput against the transport's floor.
@@ -226,6 +232,7 @@ fn run(command: Option<Command>) -> anyhow::Result<()> {
         }
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Batch(a) => batch::run(a),
         Command::Bench(a) => bench::run(a),
         Command::BenchServe(a) => bench_serve::run(a),
         Command::Serve(a) => run_serve(xsell_server::ServeConfig::load(a.config.as_deref(), a.layer())?, a.print_config),

@@ -164,6 +164,16 @@ pub fn print_summary(r: &xsell_train::TrainReport, read_secs: f64, total_secs: f
                 outln!("  {name:<14} {hit:>8.4} {mrr:>8.4}");
             }
         }
+        if let Some(l) = &r.latent_substitutes {
+            outln!(
+                "latent categories: {}; substitutes within them {} (of {} held-out queries, {:.4} of targets and {:.4} of top-10 offers are judged substitutes of the basket)",
+                l.categories,
+                if l.applied { "withheld" } else { "kept: customers add them as often as they are offered" },
+                l.queries,
+                l.targets_judged_substitutes,
+                l.offers_judged_substitutes
+            );
+        }
         for (b, hit, mrr) in &r.budget_trials {
             let kept = if *b == r.candidate_budget { " (kept)" } else { "" };
             outln!("  candidate budget {b:>6}: hit@10 {hit:.4}, mrr@20 {mrr:.4}{kept}");

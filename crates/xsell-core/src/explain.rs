@@ -4,7 +4,33 @@ use ndarray::ArrayView1;
 
 use crate::features::feature;
 use crate::model::CrossSellModel;
+use crate::ranker::Ranker;
+use crate::retrieval::Marks;
 use crate::{CustomerIx, ItemIx};
+
+/// What raised an offer's score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverSource {
+    /// A basket item.
+    BasketItem(ItemIx),
+    /// The customer's past purchases (their history as a whole).
+    History,
+}
+
+/// One driver of an offer, with its share of the score the drivers add (the shares of an
+/// offer's drivers sum to at most 1: only the strongest are kept).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Driver {
+    /// The basket item or the history.
+    pub source: DriverSource,
+    /// Its share of the score the offer's drivers add, in (0, 1].
+    pub share: f32,
+}
+
+/// Basket items judged as drivers, at most (the first ones of the basket).
+pub const MAX_DRIVER_BASKET: usize = 16;
+/// Drivers kept per offer.
+pub const MAX_DRIVERS: usize = 3;
 
 /// Why an item is offered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +68,47 @@ impl CrossSellModel {
             Some((i, _)) => Reason::Complements(i),
             None => Reason::Popular,
         }
+    }
+
+    /// Drivers of each of `offers` (leave one out: the score lost when a basket item, or the
+    /// customer's history, is taken away), each offer's strongest [`MAX_DRIVERS`] with their
+    /// share of the positive losses. Costs one feature pass over the offers per basket item
+    /// (at most [`MAX_DRIVER_BASKET`]) and one for the history.
+    pub(crate) fn drivers(
+        &self,
+        ranker: &Ranker,
+        customer: Option<CustomerIx>,
+        basket: &[ItemIx],
+        offers: &[ItemIx],
+        rows: &mut Marks,
+        held: &mut Marks,
+    ) -> Vec<Vec<Driver>> {
+        rows.begin(self.n_items());
+        for (r, &j) in offers.iter().enumerate() {
+            rows.set(j, r as u32);
+        }
+        let rows = &*rows;
+        let mut score = |c: Option<CustomerIx>, b: &[ItemIx]| ranker.scores(&self.fill_features(c, b, offers, rows, held)).to_vec();
+        let full = score(customer, basket);
+        let mut losses: Vec<(DriverSource, Vec<f32>)> = Vec::new();
+        for (k, &b) in basket.iter().enumerate().take(MAX_DRIVER_BASKET) {
+            let rest: Vec<ItemIx> = basket.iter().enumerate().filter(|&(i, _)| i != k).map(|(_, &x)| x).collect();
+            let without = score(customer, &rest);
+            losses.push((DriverSource::BasketItem(b), full.iter().zip(&without).map(|(f, w)| f - w).collect()));
+        }
+        if customer.is_some() {
+            let without = score(None, basket);
+            losses.push((DriverSource::History, full.iter().zip(&without).map(|(f, w)| f - w).collect()));
+        }
+        (0..offers.len())
+            .map(|r| {
+                let mut d: Vec<(DriverSource, f32)> =
+                    losses.iter().map(|(s, l)| (*s, l[r])).filter(|(_, l)| l.is_finite() && *l > 0.0).collect();
+                let total: f32 = d.iter().map(|x| x.1).sum();
+                d.sort_by(|a, b| b.1.total_cmp(&a.1));
+                d.into_iter().take(MAX_DRIVERS).map(|(source, l)| Driver { source, share: l / total }).collect()
+            })
+            .collect()
     }
 
     /// A human-readable explanation of a reason.

@@ -8,6 +8,7 @@
 
 pub mod aggregate;
 pub mod baseline;
+pub mod bundle;
 pub mod csr;
 pub mod error;
 pub mod explain;

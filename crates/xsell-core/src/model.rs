@@ -16,7 +16,7 @@ use crate::policy::{CustomerRule, Effective, Objective, Policies, RankPolicy, Sc
 use crate::retrieval::{Acc, Candidates, Marks, Neighbours, Retrieval, Scratch, truncate_best, unit_rows, with_scratch};
 use crate::{Csr, CustomerIx, Error, ItemIx, Result};
 
-pub use crate::explain::Reason;
+pub use crate::explain::{Driver, DriverSource, Reason};
 pub use crate::features::{FEATURE_GROUPS, FEATURES, N_FEATURES, feature};
 pub use crate::policy::{Suppression, Touchpoint, Withheld};
 pub use crate::ranker::{Ranker, sigmoid};
@@ -51,9 +51,10 @@ pub struct CustomerTable {
     pub return_rate: Vec<f32>,
 }
 
-/// Per category: whether its items are bought together less often than chance, from the
-/// stored co-purchase counts (pairs of items sold too rarely to judge do not count).
-fn substitute_categories(p: &ModelParts, category_of: &[Option<u32>], n_categories: usize) -> Vec<bool> {
+/// Per kind (category or latent category): whether its items are bought together less often
+/// than chance, from the stored co-purchase counts (pairs of items sold too rarely to judge do
+/// not count).
+fn substitute_kinds(p: &ModelParts, category_of: &[Option<u32>], n_categories: usize) -> Vec<bool> {
     let n = f64::from(p.n_orders.max(1.0));
     let (mut together, mut sum, mut sum_sq) = (vec![0f64; n_categories], vec![0f64; n_categories], vec![0f64; n_categories]);
     for (i, c) in category_of.iter().enumerate() {
@@ -145,6 +146,12 @@ pub struct ModelParts {
     pub neighbours: Neighbours,
     /// Candidate generation settings.
     pub retrieval: Retrieval,
+    /// Per item, its latent category: a cluster of the input embeddings (k-means at training
+    /// time), the "kind" of an item in catalogs without categories. Empty: none.
+    pub latent_categories: Vec<u32>,
+    /// Whether substitutes are judged within latent categories: the trainer's validation
+    /// found that customers seldom add the items this judges substitutes.
+    pub latent_substitutes: bool,
 }
 
 /// Neighbours kept per item and list when they are computed at load time.
@@ -192,6 +199,8 @@ pub struct RankQuery {
     pub new_to_customer: bool,
     /// What to order offers by (`None`: the touchpoint policy's objective).
     pub objective: Option<Objective>,
+    /// Fill each offer's drivers (one more feature pass over the offers per basket item).
+    pub explain: bool,
 }
 
 impl RankQuery {
@@ -248,6 +257,8 @@ pub struct RankedItem {
     pub probability: f32,
     /// Why it is offered.
     pub reason: Reason,
+    /// What raised its score most (filled when the request asks to explain).
+    pub drivers: Vec<Driver>,
 }
 
 /// The answer to a [`RankQuery`].
@@ -273,8 +284,11 @@ pub struct CrossSellModel {
     customer_index: HashMap<String, CustomerIx>,
     pub(crate) category_of: Vec<Option<u32>>,
     category_index: HashMap<String, u32>,
-    /// Per category: are two of its items bought together less often than chance?
-    substitute_category: Vec<bool>,
+    /// Per item, its kind: the catalog category when the catalog has categories, else the
+    /// latent category (substitutes and the per-category cap are judged within a kind).
+    kind_of: Vec<Option<u32>>,
+    /// Per kind: are two of its items bought together less often than chance?
+    substitute_kind: Vec<bool>,
     /// Per item `a`: `(b, p)` for each EASE pair `p = (a, b)`.
     pub(crate) pair_partners: Vec<Vec<(ItemIx, u32)>>,
     pub(crate) emb_in_unit: Array2<f32>,
@@ -379,7 +393,21 @@ impl CrossSellModel {
             })
             .collect();
         let emb_in_unit = unit_rows(&parts.emb_in);
-        let substitute_category = substitute_categories(&parts, &category_of, category_index.len());
+        let kind_of: Vec<Option<u32>> = if category_index.is_empty() && !parts.latent_categories.is_empty() {
+            if parts.latent_categories.len() != n {
+                return inc(format!("latent categories has {} values for {n} items", parts.latent_categories.len()));
+            }
+            if let Some(c) = parts.latent_categories.iter().find(|&&c| c as usize >= n) {
+                return inc(format!("latent category {c} is not below the item count {n}"));
+            }
+            parts.latent_categories.iter().map(|&c| Some(c)).collect()
+        } else {
+            category_of.clone()
+        };
+        let n_kinds = kind_of.iter().flatten().map(|&c| c as usize + 1).max().unwrap_or(0);
+        // a latent category is a cluster of contexts, not a kind the catalog declares: its
+        // pairs are judged one by one (see is_substitute)
+        let substitute_kind = if category_index.is_empty() { vec![false; n_kinds] } else { substitute_kinds(&parts, &kind_of, n_kinds) };
         let names = NameIndex::new(&parts.items.names);
         parts.retrieval.validate()?;
         let mut parts = parts;
@@ -418,7 +446,8 @@ impl CrossSellModel {
             customer_index,
             category_of,
             category_index,
-            substitute_category,
+            kind_of,
+            substitute_kind,
             pair_partners,
             emb_in_unit,
             names,
@@ -640,26 +669,42 @@ impl CrossSellModel {
         out
     }
 
-    /// The item's group for the per-category cap: its catalog category.
+    /// The item's kind, for the per-category cap, diversity and substitutes: its catalog
+    /// category, or in a catalog without categories its latent category.
     pub fn group_of(&self, j: ItemIx) -> Option<u32> {
-        self.category_of[j as usize]
+        self.kind_of[j as usize]
     }
 
-    /// True when `j` is a substitute of basket item `i`: same known category, and bought
+    /// Whether kinds come from latent categories (the catalog has none).
+    pub fn latent_kinds(&self) -> bool {
+        self.category_index.is_empty() && self.kind_of.iter().any(Option::is_some)
+    }
+
+    /// True when `j` is a substitute of basket item `i`: same kind ([`Self::group_of`]), and bought
     /// together less often than chance. In a category whose items are seldom bought together
     /// (cameras), a pair is a substitute unless it is clearly bought together more than chance;
     /// elsewhere only when both items sell well enough to judge and the pair sells below chance.
     pub fn is_substitute(&self, i: ItemIx, j: ItemIx) -> bool {
-        let (ci, cj) = (self.category_of[i as usize], self.category_of[j as usize]);
+        (!self.latent_kinds() || self.parts.latent_substitutes) && self.judged_substitute(i, j)
+    }
+
+    /// The substitute evidence of [`Self::is_substitute`], also within latent categories the
+    /// model does not apply it to (what the offline evaluation measures leaks with).
+    pub fn judged_substitute(&self, i: ItemIx, j: ItemIx) -> bool {
+        let (ci, cj) = (self.kind_of[i as usize], self.kind_of[j as usize]);
         let Some(c) = ci.filter(|_| ci == cj) else {
             return false;
         };
         let p = &self.parts;
         let expected = p.items.orders[i as usize] * p.items.orders[j as usize] / p.n_orders.max(1.0);
         let together = p.pairs.get(i as usize, j);
-        if self.substitute_category[c as usize] {
+        if self.substitute_kind[c as usize] {
             // clearly more often together than chance (beyond Poisson noise), or a substitute
             together <= expected + 2.0 * expected.sqrt() + 1.0
+        } else if self.category_index.is_empty() {
+            // latent kinds (items used in the same contexts): a substitute unless bought
+            // together more than chance by a standard deviation (and more than once)
+            together <= (expected + expected.sqrt()).max(1.0)
         } else {
             expected >= SUBSTITUTE_MIN_EXPECTED && together < expected
         }
@@ -699,11 +744,19 @@ impl CrossSellModel {
                 score,
                 probability,
                 reason: self.reason(customer, basket, items[row], x.row(row)),
+                drivers: Vec::new(),
             };
             out.items = {
                 let scored = Scored { ranker, items, scores: scores.as_slice().expect("contiguous") };
                 self.apply_policy(&effective, &scored, basket, &mut out.withheld, make)
             };
+            if q.explain && !out.items.is_empty() {
+                let offers: Vec<ItemIx> = out.items.iter().map(|o| o.item).collect();
+                let drivers = self.drivers(ranker, customer, basket, &offers, &mut s.rows, &mut s.held);
+                for (o, d) in out.items.iter_mut().zip(drivers) {
+                    o.drivers = d;
+                }
+            }
         }
         if out.items.is_empty() {
             let below = out.withheld.iter().any(|w| matches!(w, Withheld::BelowMinProbability(_)));

@@ -147,6 +147,8 @@ fn tiny_model() -> CrossSellModel {
         ease: Csr::from_rows(vec![Vec::new(); 4]),
         ease_pairs: Default::default(),
         ease_always_on: Vec::new(),
+        latent_categories: Vec::new(),
+        latent_substitutes: false,
         emb_in: Array2::from_shape_fn((4, 2), |(i, d)| (i + d) as f32 * 0.1),
         emb_out: Array2::from_shape_fn((4, 2), |(i, d)| (i * d) as f32 * 0.1),
         n_orders: 100.0,
@@ -429,4 +431,32 @@ fn discovery_requests_of_a_known_customer_use_the_discovery_ranker() {
     // an anonymous discovery request has no past to leave out: the general ranker serves it
     let anonymous = m.rank(&RankQuery { new_to_customer: true, ..q(&["cam1"], 3) }).unwrap();
     assert_eq!(anonymous, m.rank(&q(&["cam1"], 3)).unwrap());
+}
+
+#[test]
+fn drivers_name_the_basket_items_and_history_that_raised_an_offer() {
+    use crate::model::DriverSource;
+    let m = tiny_model();
+    let ix = |id: &str| m.item(id).unwrap();
+    let base = RankQuery { customer_id: Some("loyal".into()), ..q(&["cam1", "cam2"], 3) };
+    let plain = m.rank(&base).unwrap();
+    assert!(plain.items.iter().all(|o| o.drivers.is_empty()), "drivers only when asked for");
+    let r = m.rank(&RankQuery { explain: true, ..base }).unwrap();
+    let offers: Vec<(String, Vec<crate::model::Driver>)> =
+        r.items.iter().map(|o| (m.parts().items.ids[o.item as usize].clone(), o.drivers.clone())).collect();
+    let card = &offers.iter().find(|(id, _)| id == "card").expect("the card is offered").1;
+    assert_eq!(card[0].source, DriverSource::BasketItem(ix("cam1")), "the card is bought with camera 1: {card:?}");
+    let cable = &offers.iter().find(|(id, _)| id == "cable").expect("the cable is offered").1;
+    assert!(cable.iter().any(|d| d.source == DriverSource::History), "the customer bought cables before: {cable:?}");
+    for (_, d) in &offers {
+        assert!(d.len() <= crate::explain::MAX_DRIVERS);
+        assert!(d.iter().all(|d| d.share > 0.0 && d.share <= 1.0));
+        assert!(d.iter().map(|d| d.share).sum::<f32>() <= 1.0 + 1e-5);
+        assert!(d.windows(2).all(|w| w[0].share >= w[1].share));
+    }
+    // the same offers and scores, explained or not
+    assert_eq!(
+        plain.items.iter().map(|o| (o.item, o.score)).collect::<Vec<_>>(),
+        r.items.iter().map(|o| (o.item, o.score)).collect::<Vec<_>>()
+    );
 }

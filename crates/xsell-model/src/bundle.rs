@@ -14,12 +14,13 @@ use xsell_data::tables;
 use crate::{BundleError, Result};
 
 /// The bundle format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 
 /// The oldest bundle format this build still loads: version 2 bundles predate higher-order EASE
 /// and load without pair weights, versions 2 and 3 predate EASE's intercept and load without it,
 /// versions 2 to 4 predate the stored embedding neighbour lists, which are computed at load
-/// (a server upgraded in place keeps serving them).
+/// (a server upgraded in place keeps serving them), versions 2 to 5 predate latent categories
+/// and load without them.
 pub const OLDEST_FORMAT_VERSION: u32 = 2;
 
 const MANIFEST: &str = "manifest.json";
@@ -81,6 +82,9 @@ pub struct Manifest {
     /// Candidate generation settings (the defaults for bundles before format 5).
     #[serde(default)]
     pub retrieval: Retrieval,
+    /// Whether substitutes are judged within latent categories.
+    #[serde(default)]
+    pub latent_substitutes: bool,
 }
 
 impl Manifest {
@@ -105,6 +109,7 @@ impl Manifest {
             n_orders: 0.0,
             n_recent: 0.0,
             retrieval: Retrieval::default(),
+            latent_substitutes: false,
         }
     }
 }
@@ -158,6 +163,7 @@ fn save_with(dir: &Path, mut manifest: Manifest, parts: &ModelParts, sync: &mut 
     manifest.ranker = parts.ranker.clone();
     manifest.discovery_ranker = parts.discovery_ranker.clone();
     manifest.retrieval = parts.retrieval;
+    manifest.latent_substitutes = parts.latent_substitutes;
     manifest.features = xsell_core::model::FEATURES.iter().map(|s| s.to_string()).collect();
 
     let tmp = dir.join(format!(".tmp-{version}-{}", std::process::id()));
@@ -247,6 +253,8 @@ fn write_tensors(path: &Path, parts: &ModelParts) -> Result<()> {
     owned.push(("ease_pairs".into(), Dtype::U32, vec![ep.pairs.len(), 2], u32_bytes(&pair_items)));
     let always_on = &parts.ease_always_on;
     owned.push(("ease_always_on".into(), Dtype::F32, vec![always_on.len()], f32_bytes(always_on)));
+    let latent = &parts.latent_categories;
+    owned.push(("latent_categories".into(), Dtype::U32, vec![latent.len()], u32_bytes(latent)));
     let csrs = [
         ("pairs", &parts.pairs),
         ("history", &parts.history),
@@ -378,6 +386,8 @@ pub fn load(path: &Path) -> Result<Bundle> {
             Neighbours::default()
         },
         retrieval: manifest.retrieval,
+        latent_categories: if found >= 6 { u32s("latent_categories")? } else { Vec::new() },
+        latent_substitutes: manifest.latent_substitutes,
     };
     let model = CrossSellModel::new(parts).map_err(|source| BundleError::Inconsistent { path: path.into(), source })?;
     Ok(Bundle { manifest, model, path: path.into() })

@@ -64,6 +64,8 @@ pub struct ServeConfig {
     /// ceiling, objective, per-category cap, return-risk rules. A table sets only the keys it
     /// names; the others keep that touchpoint's defaults. Changing them needs no retraining.
     pub policies: Policies,
+    /// The exposure log, `[exposures]`: `dir` (empty: off), `max_file_bytes`, `queue`.
+    pub exposures: crate::exposure::ExposureConfig,
 }
 
 /// Log output format.
@@ -164,6 +166,7 @@ impl Default for ServeConfig {
             tls: None,
             auth: Auth::default(),
             policies: Policies::default(),
+            exposures: Default::default(),
         }
     }
 }
@@ -237,6 +240,7 @@ const KEYS: &[&str] = &[
     "tls",
     "auth",
     "policies",
+    "exposures",
 ];
 
 impl ServeConfig {
@@ -326,6 +330,12 @@ impl ServeConfig {
         }
         if !(1..=65_536).contains(&h.stream_read_ahead) {
             return bad("http2.stream_read_ahead", "must be within [1, 65536]");
+        }
+        if self.exposures.max_file_bytes < 4096 {
+            return bad("exposures.max_file_bytes", "must be at least 4096");
+        }
+        if !(1..=10_000_000).contains(&self.exposures.queue) {
+            return bad("exposures.queue", "must be within [1, 10000000]");
         }
         if self.auth.tokens_env.as_deref().is_some_and(str::is_empty) {
             return bad("auth.tokens_env", "must name an environment variable");

@@ -1,6 +1,7 @@
 //! Protobuf ⇄ core conversions, and core errors → gRPC status.
 
 use tonic::Status;
+use xsell_core::model::DriverSource;
 use xsell_core::{Objective, RankQuery, Ranking, Suppression, Touchpoint, Withheld};
 use xsell_model::Bundle;
 use xsell_proto::v1;
@@ -41,6 +42,7 @@ pub fn query(req: &v1::RankRequest) -> Result<RankQuery, Status> {
         allow_substitutes: req.allow_substitutes,
         new_to_customer: req.new_to_customer,
         objective,
+        explain: req.explain,
     };
     q.validate().map_err(core_status)?;
     Ok(q)
@@ -77,6 +79,16 @@ pub fn response(bundle: &Bundle, ranking: Ranking, request_id: String) -> v1::Ra
                     probability: r.probability,
                     reason_item_id: reason_item.unwrap_or_default().to_owned(),
                     reason,
+                    drivers: r
+                        .drivers
+                        .iter()
+                        .map(|d| match d.source {
+                            DriverSource::BasketItem(b) => {
+                                v1::Driver { item_id: items.ids[b as usize].clone(), history: false, share: d.share }
+                            }
+                            DriverSource::History => v1::Driver { item_id: String::new(), history: true, share: d.share },
+                        })
+                        .collect(),
                 }
             })
             .collect(),

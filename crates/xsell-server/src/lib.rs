@@ -16,6 +16,7 @@ pub mod auth;
 pub mod compute;
 pub mod config;
 pub mod convert;
+pub mod exposure;
 pub mod metrics;
 mod service;
 mod store;
@@ -59,7 +60,7 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    /// A TLS file could not be read.
+    /// A file a configuration key names (TLS, exposure log) could not be read or written.
     #[error("configuration key '{key}': {path}: {source}")]
     Tls {
         /// The key naming the file.
@@ -172,15 +173,17 @@ pub async fn serve_on(bound: Bound, shutdown: impl Future<Output = ()> + Send + 
     let (drain_tx, drain_rx) = watch::channel(false);
     let (close_tx, close_rx) = watch::channel(false);
     let compute = compute::Compute::new(cfg.threads(), cfg.bulk_threads(), cfg.max_in_flight, metrics.clone()).map_err(ServeError::Pool)?;
-    let service = CrossSellService::new(
-        store.clone(),
-        compute,
-        metrics.clone(),
-        cfg.limits.clone(),
-        cfg.policies.clone(),
-        cfg.http2.stream_read_ahead,
-        close_rx,
-    );
+    let exposures = exposure::ExposureLog::start(&cfg.exposures, metrics.clone()).map_err(|source| ServeError::Tls {
+        key: "exposures.dir",
+        path: cfg.exposures.dir.clone(),
+        source,
+    })?;
+    if exposures.is_some() {
+        tracing::info!(dir = %cfg.exposures.dir, "exposure log on");
+    }
+    let answers = service::Answers { policies: cfg.policies.clone(), exposures };
+    let service =
+        CrossSellService::new(store.clone(), compute, metrics.clone(), cfg.limits.clone(), answers, cfg.http2.stream_read_ahead, close_rx);
     let auth = auth::Auth::new(&cfg.tokens()?);
     if auth.enabled() {
         tracing::info!("bearer-token authentication on (health checks exempt)");

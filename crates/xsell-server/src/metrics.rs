@@ -64,6 +64,10 @@ pub struct Metrics {
     pub abandoned: Counter,
     /// Requests ranked (a batch counts each of its requests).
     pub ranked: Counter,
+    /// Exposure records written to the exposure log.
+    pub exposures_written: Counter,
+    /// Exposure records dropped (queue full, or the disk refused them).
+    pub exposures_dropped: Counter,
     /// 1 for the served version.
     pub model: Family<ModelLabel, Gauge>,
     model_age: Gauge<f64, AtomicU64>,
@@ -97,6 +101,13 @@ impl Metrics {
         let abandoned = Counter::default();
         let ranked = Counter::default();
         let model = Family::<ModelLabel, Gauge>::default();
+        let (exposures_written, exposures_dropped) = (Counter::default(), Counter::default());
+        registry.register("exposures_written", "Exposure records written to the exposure log", exposures_written.clone());
+        registry.register(
+            "exposures_dropped",
+            "Exposure records dropped: the writer's queue was full or the disk refused them",
+            exposures_dropped.clone(),
+        );
         let model_age = Gauge::<f64, AtomicU64>::default();
         let reloads = Family::<OutcomeLabel, Counter>::default();
         let uptime = Gauge::<f64, AtomicU64>::default();
@@ -120,6 +131,8 @@ impl Metrics {
             shed,
             abandoned,
             ranked,
+            exposures_written,
+            exposures_dropped,
             model,
             model_age,
             model_time: Mutex::new(None),

@@ -15,6 +15,7 @@ use xsell_proto::v1::cross_sell_server::CrossSell;
 
 use crate::compute::{Admission, Cancel, Compute, Lane};
 use crate::config::Limits;
+use crate::exposure::{Exposure, ExposureLog};
 use crate::metrics::Metrics;
 use crate::store::Served;
 use crate::{ModelStore, convert};
@@ -34,13 +35,20 @@ struct Inner {
     compute: Compute,
     metrics: Arc<Metrics>,
     limits: Limits,
-    /// The business rules per touchpoint (configuration, not the bundle).
-    policies: Policies,
+    answers: Answers,
     read_ahead: usize,
     /// Becomes true when the shutdown grace period is over: open streams end.
     close_streams: watch::Receiver<bool>,
     next_id: AtomicU64,
     boot: u64,
+}
+
+/// What shapes and records the answers: the business rules per touchpoint (configuration, not
+/// the bundle) and the exposure log.
+#[derive(Debug, Default)]
+pub(crate) struct Answers {
+    pub(crate) policies: Policies,
+    pub(crate) exposures: Option<ExposureLog>,
 }
 
 /// Counts a call in flight while alive.
@@ -94,7 +102,7 @@ impl CrossSellService {
         compute: Compute,
         metrics: Arc<Metrics>,
         limits: Limits,
-        policies: Policies,
+        answers: Answers,
         read_ahead: usize,
         close_streams: watch::Receiver<bool>,
     ) -> Self {
@@ -105,7 +113,7 @@ impl CrossSellService {
                 compute,
                 metrics,
                 limits,
-                policies,
+                answers,
                 read_ahead,
                 close_streams,
                 next_id: AtomicU64::new(1),
@@ -145,14 +153,13 @@ impl Inner {
     fn rank_one(&self, served: &Served, checked: Checked) -> Result<v1::RankResponse, Status> {
         let req = checked.req;
         let query = convert::query(&req)?;
-        let request_id = if req.request_id.is_empty() {
-            format!("{:x}-{:x}", self.boot, self.next_id.fetch_add(1, Ordering::Relaxed))
-        } else {
-            req.request_id
-        };
-        let ranking = served.bundle.model.rank_with(&query, &self.policies).map_err(convert::core_status)?;
+        let request_id = self.request_id(req.request_id);
+        let ranking = served.bundle.model.rank_with(&query, &self.answers.policies).map_err(convert::core_status)?;
         let resp = convert::response(&served.bundle, ranking, request_id);
         self.metrics.ranked.inc();
+        if let Some(log) = &self.answers.exposures {
+            log.record(Exposure::of(req.customer_id.as_deref(), query.touchpoint.key(), &resp));
+        }
         tracing::debug!(request_id = ?resp.request_id, model_version = %resp.model_version, offers = resp.items.len(), "ranked");
         Ok(resp)
     }
@@ -168,6 +175,54 @@ impl Inner {
         let (work, this) = (checked.work, self.clone());
         let lane = if work > self.limits.bulk_request_work { Lane::Bulk } else { Lane::Interactive };
         self.compute.run(lane, admission, deadline, work, move |_| this.rank_one(&served, checked)).await
+    }
+
+    async fn bundle(self: &Arc<Self>, req: v1::BundleRequest, deadline: Option<Instant>) -> Result<v1::BundleResponse, Status> {
+        let served = self.model()?;
+        let size = if req.size == 0 { 3 } else { req.size as usize };
+        if size > xsell_core::bundle::MAX_BUNDLE {
+            return Err(Status::invalid_argument(format!("size must be between 1 and {}, got {size}", xsell_core::bundle::MAX_BUNDLE)));
+        }
+        if !(req.discount.is_finite() && (0.0..1.0).contains(&req.discount)) {
+            return Err(Status::invalid_argument(format!("discount must be a share within [0, 1), got {}", req.discount)));
+        }
+        let discount = req.discount;
+        // the request's own k is not used: a bundle ranks a short list per item
+        let inner = v1::RankRequest { k: 10, ..req.request.unwrap_or_default() };
+        let checked = self.check(&served, inner)?;
+        let (work, this) = (checked.work.saturating_mul(size as u64), self.clone());
+        if work > self.limits.max_request_work {
+            return Err(Status::resource_exhausted(format!(
+                "the bundle costs {work} work units ({size} rankings), over limits.max_request_work = {}; send a smaller basket or size",
+                self.limits.max_request_work
+            )));
+        }
+        self.compute
+            .run(Lane::Interactive, Admission::Shed, deadline, work, move |_| this.bundle_one(&served, checked.req, size, discount))
+            .await
+    }
+
+    /// Builds one bundle (on the pool).
+    fn bundle_one(&self, served: &Served, req: v1::RankRequest, size: usize, discount: f32) -> Result<v1::BundleResponse, Status> {
+        let query = convert::query(&req)?;
+        let request_id = self.request_id(req.request_id);
+        let b = served.bundle.model.bundle_with(&query, size, discount, &self.answers.policies).map_err(convert::core_status)?;
+        let items = convert::response(&served.bundle, b.ranking, request_id);
+        if let Some(log) = &self.answers.exposures {
+            log.record(Exposure::of(req.customer_id.as_deref(), query.touchpoint.key(), &items));
+        }
+        Ok(v1::BundleResponse {
+            items: Some(items),
+            probability: b.probability,
+            price: b.price,
+            discounted_price: b.discounted_price,
+            expected_value: b.expected_value,
+        })
+    }
+
+    /// The caller's request id, or a new one.
+    fn request_id(&self, given: String) -> String {
+        if given.is_empty() { format!("{:x}-{:x}", self.boot, self.next_id.fetch_add(1, Ordering::Relaxed)) } else { given }
     }
 
     async fn rank_batch(
@@ -299,6 +354,15 @@ impl CrossSell for CrossSellService {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out_rx))))
+    }
+
+    async fn bundle(&self, request: Request<v1::BundleRequest>) -> Result<Response<v1::BundleResponse>, Status> {
+        let (started, m) = (Instant::now(), &self.inner.metrics);
+        let _g = InFlight::new(m);
+        let deadline = deadline(request.metadata());
+        let out = self.inner.bundle(request.into_inner(), deadline).await;
+        m.record("Bundle", code(&out), started);
+        out.map(Response::new)
     }
 
     async fn model_info(&self, _: Request<v1::ModelInfoRequest>) -> Result<Response<v1::ModelInfoResponse>, Status> {

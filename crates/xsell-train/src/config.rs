@@ -72,6 +72,9 @@ pub struct TrainConfig {
     pub refit: bool,
     /// Also fit one ranker per feature group left out ([`crate::Fitted::ablations`]).
     pub ablation: bool,
+    /// Latent categories for a catalog without categories (0: about one per 30 items, at most
+    /// 256; see [`crate::latent::auto_kinds`]). Ignored when the catalog has categories.
+    pub latent_categories: usize,
 }
 
 impl Default for TrainConfig {
@@ -104,6 +107,7 @@ impl Default for TrainConfig {
             max_order_items: 1000,
             refit: true,
             ablation: false,
+            latent_categories: 0,
         }
     }
 }
@@ -195,6 +199,9 @@ impl TrainConfig {
         }
         if !(self.recent_fraction > 0.0 && self.recent_fraction <= 1.0) {
             return bad("recent_fraction", "must be within (0, 1]");
+        }
+        if self.latent_categories > 100_000 {
+            return bad("latent_categories", "must be at most 100000 (0: chosen from the catalog's size)");
         }
         if !(0.0..0.9).contains(&self.validation_fraction) {
             return bad("validation_fraction", "must be within [0, 0.9)");

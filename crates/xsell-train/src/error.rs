@@ -18,6 +18,9 @@ pub enum TrainError {
     /// The core refused the parts (a bug if it happens).
     #[error(transparent)]
     Core(#[from] xsell_core::Error),
+    /// A numeric step outside burn failed (linfa's k-means).
+    #[error("{0}")]
+    Numeric(String),
     /// burn failed to hand back a tensor.
     #[error("tensor read-back failed: {0}")]
     Tensor(String),

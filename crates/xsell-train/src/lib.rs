@@ -11,15 +11,18 @@
 //!    with a softmax loss on queries drawn from the validation orders ([`ranker`]); on a held-out
 //!    part of them EASE alone and the two compete, simplest first, and the kept one is
 //!    Platt-calibrated (`ranking`);
-//! 6. refit of the aggregates, embeddings and EASE on *all* training orders, keeping the ranker.
+//! 6. latent categories for catalogs without categories: k-means (linfa) over the unit input
+//!    embeddings ([`latent`]);
+//! 7. refit of the aggregates, embeddings and EASE on *all* training orders, keeping the ranker.
 //!
-//! **Invariant:** this is the only crate that uses burn. Its output is plain
+//! **Invariant:** this is the only crate that uses burn or linfa. Its output is plain
 //! [`xsell_core::model::ModelParts`]; nothing downstream needs burn to load or serve a model.
 
 pub mod config;
 pub mod ease;
 pub mod embed;
 pub mod error;
+pub mod latent;
 pub mod peer;
 mod pipeline;
 pub mod progress;
@@ -29,5 +32,5 @@ mod ranking;
 pub use config::{TrainConfig, ValidTrainConfig};
 pub use error::{Result, TrainError};
 pub use peer::EasePeer;
-pub use pipeline::{DiscoveryReport, Fitted, PhaseTime, TrainReport, ValidationMetrics, train};
+pub use pipeline::{DiscoveryReport, Fitted, LatentSubstituteReport, PhaseTime, TrainReport, ValidationMetrics, train};
 pub use progress::{NoProgress, Progress};

@@ -62,6 +62,70 @@ pub struct TrainReport {
     /// How the discovery ranker was chosen (absent: too few novel-target queries).
     #[serde(default)]
     pub discovery: Option<DiscoveryReport>,
+    /// How the latent-category substitute rule was judged (absent: the catalog has categories).
+    #[serde(default)]
+    pub latent_substitutes: Option<LatentSubstituteReport>,
+}
+
+/// How the latent-category substitute rule was judged on the held-out queries: it is applied
+/// when customers add the items it calls substitutes of their basket clearly less often than the
+/// ranker offers them (those items are then interchangeable, not bought together): at most
+/// [`LATENT_SUBSTITUTE_RATIO`] as often, and below by [`LATENT_SUBSTITUTE_Z`] standard errors.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LatentSubstituteReport {
+    /// Latent categories.
+    pub categories: usize,
+    /// Held-out queries judged.
+    pub queries: usize,
+    /// Share of their targets the rule calls a substitute of a basket item.
+    pub targets_judged_substitutes: f64,
+    /// Share of the ranker's top-10 offers (substitutes allowed) it calls substitutes.
+    pub offers_judged_substitutes: f64,
+    /// Whether the model applies it.
+    pub applied: bool,
+}
+
+/// Targets judged substitutes must be below this share of offers judged substitutes for the
+/// latent-category substitute rule to apply ...
+const LATENT_SUBSTITUTE_RATIO: f64 = 2.0 / 3.0;
+/// ... and the difference beyond this many standard errors of the target share.
+const LATENT_SUBSTITUTE_Z: f64 = 3.0;
+
+/// Judges the latent-category substitute rule on `queries` (None: the catalog has categories,
+/// or no latent categories or queries).
+fn latent_substitute_check(model: &CrossSellModel, ranker: &Ranker, queries: &[&MQuery]) -> Result<Option<LatentSubstituteReport>> {
+    if !model.latent_kinds() || queries.is_empty() {
+        return Ok(None);
+    }
+    let m = CrossSellModel::new(ModelParts { ranker: ranker.clone(), ..model.parts().clone() })?;
+    let ids = &m.parts().items.ids;
+    let (mut targets, mut offers, mut flagged) = (0usize, 0usize, 0usize);
+    for q in queries {
+        let judged = |j: ItemIx| q.basket.iter().any(|&i| m.judged_substitute(i, j));
+        targets += usize::from(judged(q.target));
+        let rq = xsell_core::RankQuery {
+            customer_id: q.customer.map(|c| m.parts().customers.ids[c as usize].clone()),
+            basket: q.basket.iter().map(|&i| ids[i as usize].clone()).collect(),
+            k: 10,
+            allow_substitutes: true,
+            ..Default::default()
+        };
+        let r = m.rank(&rq)?;
+        offers += r.items.len();
+        flagged += r.items.iter().filter(|o| judged(o.item)).count();
+    }
+    let t = targets as f64 / queries.len() as f64;
+    let o = flagged as f64 / offers.max(1) as f64;
+    let categories = m.parts().latent_categories.iter().map(|&c| c as usize + 1).max().unwrap_or(0);
+    Ok(Some(LatentSubstituteReport {
+        categories,
+        queries: queries.len(),
+        targets_judged_substitutes: t,
+        offers_judged_substitutes: o,
+        applied: t <= LATENT_SUBSTITUTE_RATIO * o
+            && o - t >= LATENT_SUBSTITUTE_Z * (o * (1.0 - o) / queries.len() as f64).sqrt()
+            && o > 0.0,
+    }))
 }
 
 /// Fewest novel-target queries a discovery ranker is fitted on (a quarter of it held out).
@@ -181,6 +245,14 @@ fn build(log: &OrderLog, agg: &Aggregates, cfg: &TrainConfig, ranker: Ranker, pr
     progress.start("embedding neighbours", 1);
     let neighbours = Neighbours::compute(&emb_in, &emb_out, &items.orders, cfg.neighbours_per_item, cfg.neighbour_targets);
     progress.finish();
+    let latent_categories = if items.categories.iter().any(Option::is_some) {
+        Vec::new()
+    } else {
+        progress.start("latent categories", 1);
+        let groups = crate::latent::latent_categories(&emb_in, &items.orders, cfg.latent_categories)?;
+        progress.finish();
+        groups
+    };
     let n_items = items.ids.len();
     let parts = ModelParts {
         items,
@@ -200,6 +272,8 @@ fn build(log: &OrderLog, agg: &Aggregates, cfg: &TrainConfig, ranker: Ranker, pr
         discovery_ranker: None,
         neighbours,
         retrieval: Retrieval { budget: cfg.candidate_budget },
+        latent_categories,
+        latent_substitutes: false,
     };
     Ok((parts, Spaces { item_to_model, customer_to_model }))
 }
@@ -334,6 +408,7 @@ pub fn train(
             ablations = f.without_each_group(chosen.kind, progress)?;
             timer.lap("ablation rankers");
         }
+        report.latent_substitutes = latent_substitute_check(&model, &chosen.ranker, judged)?;
         report.ranker = chosen.kind.name().into();
         (report.candidate_budget, report.budget_trials) = (chosen.budget, chosen.budgets);
         ranker = chosen.ranker;
@@ -360,6 +435,7 @@ pub fn train(
     };
     let mut parts = parts;
     parts.discovery_ranker = discovery_ranker;
+    parts.latent_substitutes = report.latent_substitutes.as_ref().is_some_and(|r| r.applied);
     if report.candidate_budget > 0 {
         parts.retrieval.budget = report.candidate_budget;
     }
