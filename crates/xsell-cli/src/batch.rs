@@ -25,7 +25,8 @@ pub struct BatchArgs {
     /// Model name (its latest bundle is used).
     #[arg(long, default_value = "default")]
     name: String,
-    /// Output parquet file (customer_id, rank, item_id, probability, score, reason, model_version).
+    /// Output parquet file (customer_id, rank, item_id, probability, score, reason, model_version,
+    /// drivers).
     #[arg(long, default_value = "campaign.parquet")]
     out: PathBuf,
     /// Only these customers: a text file with one id a line (default: every customer of the model).
@@ -47,6 +48,9 @@ pub struct BatchArgs {
     /// With --orders: the campaign's time, epoch milliseconds (default: the log's newest order).
     #[arg(long)]
     as_of: Option<i64>,
+    /// Also write each offer's drivers (`drivers`: `item_id:share` or `history:share`, `;`-separated).
+    #[arg(long)]
+    explain: bool,
     /// Customers ranked per written batch.
     #[arg(long, default_value_t = 4096)]
     batch_customers: usize,
@@ -137,6 +141,7 @@ pub fn run(a: BatchArgs) -> anyhow::Result<()> {
         Field::new("score", DataType::Float32, false),
         Field::new("reason", DataType::Utf8, false),
         Field::new("model_version", DataType::Utf8, false),
+        Field::new("drivers", DataType::Utf8, false),
     ]));
     let file = std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let mut w = ArrowWriter::try_new(file, schema.clone(), None)?;
@@ -146,7 +151,12 @@ pub fn run(a: BatchArgs) -> anyhow::Result<()> {
     for chunk in todo.chunks(a.batch_customers) {
         let ranked: Vec<(String, xsell_core::Ranking)> = chunk
             .par_iter()
-            .map(|c| -> anyhow::Result<_> { Ok((c.clone(), model.rank_with(&last_order_query(model, c, a.k, a.touchpoint), &policies)?)) })
+            .map(|c| -> anyhow::Result<_> {
+                Ok((
+                    c.clone(),
+                    model.rank_with(&RankQuery { explain: a.explain, ..last_order_query(model, c, a.k, a.touchpoint) }, &policies)?,
+                ))
+            })
             .collect::<anyhow::Result<_>>()?;
         let rows: Vec<(&str, u32, &xsell_core::RankedItem)> =
             ranked.iter().flat_map(|(c, r)| r.items.iter().enumerate().map(move |(k, o)| (c.as_str(), k as u32 + 1, o))).collect();
@@ -160,6 +170,7 @@ pub fn run(a: BatchArgs) -> anyhow::Result<()> {
             Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.2.score))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| model.explain(r.2.reason).1))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|_| version.as_str()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| drivers(model, &r.2.drivers)))),
         ];
         w.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
         bars.advance(chunk.len() as u64);
@@ -177,6 +188,17 @@ pub fn run(a: BatchArgs) -> anyhow::Result<()> {
     );
     outln!("campaign: {}", a.out.display());
     Ok(())
+}
+
+/// An offer's drivers as text: `item_id:share` or `history:share`, `;`-separated.
+fn drivers(model: &CrossSellModel, d: &[xsell_core::model::Driver]) -> String {
+    d.iter()
+        .map(|d| match d.source {
+            xsell_core::model::DriverSource::BasketItem(i) => format!("{}:{:.3}", model.parts().items.ids[i as usize], d.share),
+            xsell_core::model::DriverSource::History => format!("history:{:.3}", d.share),
+        })
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 /// The campaign request of a known customer: their last order as the basket (the items bought

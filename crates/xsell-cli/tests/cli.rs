@@ -51,17 +51,19 @@ fn batch_writes_a_campaign_for_every_customer() {
     run(&["generate", "--out", "o.parquet", "--orders", "800", "--customers", "40"]);
     std::fs::write(dir.path().join("hp.json"), r#"{"dim": 8, "max_steps": 100, "ranker_epochs": 5, "ranker_hidden": 0}"#).unwrap();
     run(&["train", "--orders", "o.parquet", "--config", "hp.json", "--name", "m"]);
-    let said = run(&["batch", "--name", "m", "--out", "c.parquet", "--touchpoint", "email", "--batch-customers", "7"]);
+    let said = run(&["batch", "--name", "m", "--out", "c.parquet", "--touchpoint", "email", "--batch-customers", "7", "--explain"]);
     assert!(said.contains("customers ranked"), "{said}");
     let f = std::fs::File::open(dir.path().join("c.parquet")).unwrap();
     let reader = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
-    let (mut rows, mut customers) = (0, std::collections::HashMap::<String, u32>::new());
+    let (mut rows, mut explained, mut customers) = (0, 0, std::collections::HashMap::<String, u32>::new());
     for b in reader {
         let b = b.unwrap();
         let c = b.column_by_name("customer_id").unwrap().as_any().downcast_ref::<arrow_array::StringArray>().unwrap().clone();
         let p = b.column_by_name("probability").unwrap().as_any().downcast_ref::<arrow_array::Float32Array>().unwrap().clone();
+        let d = b.column_by_name("drivers").unwrap().as_any().downcast_ref::<arrow_array::StringArray>().unwrap().clone();
         for r in 0..b.num_rows() {
             assert!((0.0..=1.0).contains(&p.value(r)));
+            explained += usize::from(!d.value(r).is_empty());
             *customers.entry(c.value(r).to_owned()).or_default() += 1;
         }
         rows += b.num_rows();
@@ -69,6 +71,7 @@ fn batch_writes_a_campaign_for_every_customer() {
     assert!(customers.len() >= 30, "{} customers in the campaign", customers.len());
     // the e-mail policy's offer budget is 8
     assert!(customers.values().all(|&n| n <= 8) && rows > 0);
+    assert!(explained * 2 > rows, "{explained} of {rows} offers have drivers");
     let said = run(&["batch", "--name", "m", "--out", "d.parquet", "--orders", "o.parquet"]);
     assert!(said.contains("not due yet"), "{said}");
     let out = xsell().args(["batch", "--name", "m", "--touchpoint", "shelf"]).current_dir(dir.path()).output().unwrap();
