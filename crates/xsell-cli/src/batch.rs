@@ -51,6 +51,13 @@ pub struct BatchArgs {
     /// Also write each offer's drivers (`drivers`: `item_id:share` or `history:share`, `;`-separated).
     #[arg(long)]
     explain: bool,
+    /// A bundle of this many items per customer (1 to 5, the `Bundle` RPC's rule: complements of
+    /// the last order and of each other, never two substitutes) instead of a ranked list.
+    #[arg(long)]
+    bundle: Option<usize>,
+    /// With --bundle: the bundle discount (a share in [0, 1)) that enters the expected value.
+    #[arg(long, default_value_t = 0.0)]
+    discount: f32,
     /// Customers ranked per written batch.
     #[arg(long, default_value_t = 4096)]
     batch_customers: usize,
@@ -142,6 +149,8 @@ pub fn run(a: BatchArgs) -> anyhow::Result<()> {
         Field::new("reason", DataType::Utf8, false),
         Field::new("model_version", DataType::Utf8, false),
         Field::new("drivers", DataType::Utf8, false),
+        Field::new("bundle_probability", DataType::Float32, true),
+        Field::new("bundle_expected_value", DataType::Float32, true),
     ]));
     let file = std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let mut w = ArrowWriter::try_new(file, schema.clone(), None)?;
@@ -149,18 +158,24 @@ pub fn run(a: BatchArgs) -> anyhow::Result<()> {
     bars.start("campaign", todo.len() as u64);
     let (mut offers, mut suppressed) = (0usize, 0usize);
     for chunk in todo.chunks(a.batch_customers) {
-        let ranked: Vec<(String, xsell_core::Ranking)> = chunk
+        type Ranked = (String, xsell_core::Ranking, Option<(f32, f32)>);
+        let ranked: Vec<Ranked> = chunk
             .par_iter()
             .map(|c| -> anyhow::Result<_> {
-                Ok((
-                    c.clone(),
-                    model.rank_with(&RankQuery { explain: a.explain, ..last_order_query(model, c, a.k, a.touchpoint) }, &policies)?,
-                ))
+                let q = RankQuery { explain: a.explain, ..last_order_query(model, c, a.k, a.touchpoint) };
+                Ok(match a.bundle {
+                    None => (c.clone(), model.rank_with(&q, &policies)?, None),
+                    Some(size) => {
+                        let b = model.bundle_with(&q, size, a.discount, &policies)?;
+                        (c.clone(), b.ranking, Some((b.probability, b.expected_value)))
+                    }
+                })
             })
             .collect::<anyhow::Result<_>>()?;
-        let rows: Vec<(&str, u32, &xsell_core::RankedItem)> =
-            ranked.iter().flat_map(|(c, r)| r.items.iter().enumerate().map(move |(k, o)| (c.as_str(), k as u32 + 1, o))).collect();
-        suppressed += ranked.iter().filter(|(_, r)| r.items.is_empty()).count();
+        type Row<'a> = (&'a str, u32, &'a xsell_core::RankedItem, Option<(f32, f32)>);
+        let rows: Vec<Row<'_>> =
+            ranked.iter().flat_map(|(c, r, b)| r.items.iter().enumerate().map(move |(k, o)| (c.as_str(), k as u32 + 1, o, *b))).collect();
+        suppressed += ranked.iter().filter(|(_, r, _)| r.items.is_empty()).count();
         offers += rows.len();
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
@@ -171,6 +186,8 @@ pub fn run(a: BatchArgs) -> anyhow::Result<()> {
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| model.explain(r.2.reason).1))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|_| version.as_str()))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| drivers(model, &r.2.drivers)))),
+            Arc::new(Float32Array::from_iter(rows.iter().map(|r| r.3.map(|b| b.0)))),
+            Arc::new(Float32Array::from_iter(rows.iter().map(|r| r.3.map(|b| b.1)))),
         ];
         w.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
         bars.advance(chunk.len() as u64);

@@ -72,6 +72,22 @@ fn batch_writes_a_campaign_for_every_customer() {
     // the e-mail policy's offer budget is 8
     assert!(customers.values().all(|&n| n <= 8) && rows > 0);
     assert!(explained * 2 > rows, "{explained} of {rows} offers have drivers");
+    // bundles: at most 3 items a customer, each row carrying its bundle's probability
+    run(&["batch", "--name", "m", "--out", "b.parquet", "--bundle", "3", "--discount", "0.1"]);
+    let f = std::fs::File::open(dir.path().join("b.parquet")).unwrap();
+    let mut per: std::collections::HashMap<String, (u32, f32)> = Default::default();
+    for b in ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap() {
+        let b = b.unwrap();
+        let c = b.column_by_name("customer_id").unwrap().as_any().downcast_ref::<arrow_array::StringArray>().unwrap().clone();
+        let bp = b.column_by_name("bundle_probability").unwrap().as_any().downcast_ref::<arrow_array::Float32Array>().unwrap().clone();
+        for r in 0..b.num_rows() {
+            let e = per.entry(c.value(r).to_owned()).or_insert((0, bp.value(r)));
+            e.0 += 1;
+            assert_eq!(e.1, bp.value(r), "one probability per bundle");
+            assert!(bp.value(r) > 0.0 && bp.value(r) <= 1.0);
+        }
+    }
+    assert!(per.len() >= 30 && per.values().all(|(n, _)| *n <= 3), "{per:?}");
     let said = run(&["batch", "--name", "m", "--out", "d.parquet", "--orders", "o.parquet"]);
     assert!(said.contains("not due yet"), "{said}");
     let out = xsell().args(["batch", "--name", "m", "--touchpoint", "shelf"]).current_dir(dir.path()).output().unwrap();
