@@ -575,3 +575,51 @@ async fn bundles_complement_the_basket_and_each_other() {
     let _ = stop.send(());
     handle.await.unwrap();
 }
+
+/// A policy's `diversity` re-ranks by maximal marginal relevance: the offers are less alike
+/// (embedding cosine) while the best offer stays first.
+#[test]
+fn diversity_makes_the_offers_less_alike() {
+    let w = world();
+    let model = xsell_core::CrossSellModel::new(w.fitted.parts.clone()).unwrap();
+    let unit = |j: u32| {
+        let r = model.parts().emb_in.row(j as usize);
+        let n = r.dot(&r).sqrt().max(1e-12);
+        r.mapv(|v| v / n)
+    };
+    let alike = |r: &xsell_core::Ranking| {
+        let v: Vec<_> = r.items.iter().map(|o| unit(o.item)).collect();
+        let (mut s, mut n) = (0f32, 0);
+        for a in 0..v.len() {
+            for b in a + 1..v.len() {
+                s += v[a].dot(&v[b]);
+                n += 1;
+            }
+        }
+        s / n.max(1) as f32
+    };
+    let diverse =
+        xsell_core::Policies { unspecified: xsell_core::RankPolicy { diversity: 0.9, ..Default::default() }, ..Default::default() };
+    let (mut plain_alike, mut diverse_alike, mut same_first, mut n) = (0f32, 0f32, 0, 0);
+    for q in w.queries.iter().take(60) {
+        let rq = core_query(q, 6);
+        let (a, b) = (model.rank(&rq).unwrap(), model.rank_with(&rq, &diverse).unwrap());
+        if a.items.len() < 6 || b.items.len() < 6 {
+            continue;
+        }
+        n += 1;
+        same_first += usize::from(a.items[0].item == b.items[0].item);
+        plain_alike += alike(&a);
+        diverse_alike += alike(&b);
+    }
+    assert!(n >= 30, "{n} queries with six offers");
+    assert_eq!(same_first, n, "the best offer stays first");
+    assert!(
+        diverse_alike < plain_alike,
+        "mean offer cosine {:.3} with diversity, {:.3} without",
+        diverse_alike / n as f32,
+        plain_alike / n as f32
+    );
+    let bad = xsell_core::RankPolicy { diversity: 1.5, ..Default::default() };
+    assert!(bad.validate("policies.cart").unwrap_err().to_string().contains("policies.cart.diversity"));
+}

@@ -95,6 +95,10 @@ pub struct RankPolicy {
     /// High-return items are down-weighted: an offer's value is multiplied by
     /// `1 − item_return_weight × the item's return rate` (0: off, 1: returned sales count zero).
     pub item_return_weight: f32,
+    /// Maximal-marginal-relevance re-rank: each next offer's value is multiplied by
+    /// `1 − diversity × its highest embedding cosine to the offers already chosen` (0: off; 1:
+    /// an item used in the same contexts as a chosen one counts nothing).
+    pub diversity: f32,
 }
 
 impl Default for RankPolicy {
@@ -111,6 +115,7 @@ impl Default for RankPolicy {
             return_limit_offers: 0,
             return_min_lines: 10.0,
             item_return_weight: 0.0,
+            diversity: 0.0,
         }
     }
 }
@@ -133,6 +138,9 @@ impl RankPolicy {
         }
         if !(self.return_min_lines.is_finite() && self.return_min_lines >= 0.0) {
             return bad("return_min_lines", format!("must be ≥ 0, got {}", self.return_min_lines));
+        }
+        if !share(self.diversity) {
+            return bad("diversity", format!("must be within [0, 1], got {}", self.diversity));
         }
         if !share(self.item_return_weight) {
             return bad("item_return_weight", format!("must be within [0, 1], got {}", self.item_return_weight));
@@ -195,7 +203,7 @@ impl Default for Policies {
             cart: RankPolicy { max_offers: 4, ..shop },
             checkout: RankPolicy { max_offers: 3, max_price_ratio: 1.0, ..shop },
             post_purchase: RankPolicy { max_offers: 5, ..shop },
-            email: RankPolicy { max_offers: 8, max_per_category: 2, objective: Objective::ExpectedValue, ..shop },
+            email: RankPolicy { max_offers: 8, max_per_category: 2, objective: Objective::ExpectedValue, diversity: 0.3, ..shop },
         }
     }
 }
@@ -267,6 +275,7 @@ pub(crate) struct Effective {
     pub objective: Objective,
     pub item_return_weight: f32,
     pub allow_substitutes: bool,
+    pub diversity: f32,
 }
 
 /// Scored candidates: the ranker, the items and their scores (same order).
@@ -298,9 +307,14 @@ impl Effective {
             objective: q.objective.unwrap_or(policy.objective),
             item_return_weight: policy.item_return_weight,
             allow_substitutes: q.allow_substitutes,
+            diversity: policy.diversity,
         }
     }
 }
+
+/// With diversity, the re-rank picks among this many times the offer budget of the best
+/// eligible candidates.
+const DIVERSITY_POOL: usize = 4;
 
 impl CrossSellModel {
     /// The return-risk rule for a (known) customer.
@@ -334,6 +348,27 @@ impl CrossSellModel {
         value * (1.0 - e.item_return_weight * it.return_rate[item as usize]).max(0.0)
     }
 
+    /// Picks `n` of `pool` (rows, best value first) by maximal marginal relevance: value ×
+    /// (1 − `diversity` × the highest cosine of the item's input embedding to those chosen).
+    fn diversify(&self, pool: &[usize], items: &[ItemIx], values: &[f32], n: usize, diversity: f32) -> Vec<usize> {
+        let unit = &self.emb_in_unit;
+        let mut left: Vec<usize> = pool.to_vec();
+        let mut nearest = vec![0f32; left.len()]; // highest cosine to a chosen item, per left row
+        let mut out = Vec::with_capacity(n.min(left.len()));
+        while out.len() < n && !left.is_empty() {
+            let gain = |k: usize| values[left[k]] * (1.0 - diversity * nearest[k].max(0.0));
+            let best = (0..left.len()).max_by(|&a, &b| gain(a).total_cmp(&gain(b)).then(b.cmp(&a))).expect("not empty");
+            let row = left.swap_remove(best);
+            nearest.swap_remove(best);
+            let chosen = unit.row(items[row] as usize);
+            for (k, &r) in left.iter().enumerate() {
+                nearest[k] = nearest[k].max(unit.row(items[r] as usize).dot(&chosen));
+            }
+            out.push(row);
+        }
+        out
+    }
+
     /// The policy's rules over scored candidates: order by the objective, then walk down,
     /// withholding items below the minimum probability, substitutes of basket items and items
     /// over the category cap, until the offer budget is met. `make` builds an offer from a
@@ -354,9 +389,11 @@ impl CrossSellModel {
             .sort_unstable_by(|&a, &b| values[b].total_cmp(&values[a]).then(scores[b].total_cmp(&scores[a])).then(items[a].cmp(&items[b])));
         let (mut below, mut substitutes, mut capped) = (0u32, 0u32, 0u32);
         let mut per_category: Vec<(u32, usize)> = Vec::new();
-        let mut out = Vec::with_capacity(e.offers);
+        // with diversity, the walk fills a pool the re-rank then picks from
+        let pool = if e.diversity > 0.0 { e.offers.saturating_mul(DIVERSITY_POOL) } else { e.offers };
+        let mut kept: Vec<usize> = Vec::with_capacity(pool);
         for row in order {
-            if out.len() == e.offers {
+            if kept.len() == pool {
                 break;
             }
             let (j, probability) = (items[row], probabilities[row]);
@@ -380,8 +417,12 @@ impl CrossSellModel {
                     None => per_category.push((c, 1)),
                 }
             }
-            out.push(make(row, scores[row], probability));
+            kept.push(row);
         }
+        if e.diversity > 0.0 {
+            kept = self.diversify(&kept, items, &values, e.offers, e.diversity);
+        }
+        let out: Vec<RankedItem> = kept.into_iter().map(|row| make(row, scores[row], probabilities[row])).collect();
         for (n, w) in [
             (substitutes, Withheld::Substitutes as fn(u32) -> Withheld),
             (capped, Withheld::CategoryCap),
