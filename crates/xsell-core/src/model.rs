@@ -319,6 +319,10 @@ struct Resolved {
 /// substitutes outside substitute categories.
 const SUBSTITUTE_MIN_EXPECTED: f32 = 1.0;
 
+/// A same-kind item pricier than this multiple of a basket item is judged an upsell unless the
+/// pair is clearly bought together (see [`CrossSellModel::judged_substitute`]).
+pub const UPSELL_PRICE_RATIO: f32 = 1.25;
+
 /// Most past items of a customer whose EASE rows a request reads (their most bought).
 pub const HISTORY_EASE_ITEMS: usize = 50;
 
@@ -680,7 +684,8 @@ impl CrossSellModel {
         self.category_index.is_empty() && self.kind_of.iter().any(Option::is_some)
     }
 
-    /// True when `j` is a substitute of basket item `i`: same kind ([`Self::group_of`]), and bought
+    /// True when `j` is a substitute (or an upsell: notably pricier, see [`UPSELL_PRICE_RATIO`])
+    /// of basket item `i`: same kind ([`Self::group_of`]), and bought
     /// together less often than chance. In a category whose items are seldom bought together
     /// (cameras), a pair is a substitute unless it is clearly bought together more than chance;
     /// elsewhere only when both items sell well enough to judge and the pair sells below chance.
@@ -705,9 +710,20 @@ impl CrossSellModel {
             // latent kinds (items used in the same contexts): a substitute unless bought
             // together more than chance by a standard deviation (and more than once)
             together <= (expected + expected.sqrt()).max(1.0)
+        } else if self.is_upsell(i, j) {
+            // a notably pricier item of the basket item's kind: an upsell unless clearly bought
+            // together with it (two flavours of one thing), however rare the pair
+            together <= expected + 2.0 * expected.sqrt() + 1.0
         } else {
             expected >= SUBSTITUTE_MIN_EXPECTED && together < expected
         }
+    }
+
+    /// Whether `j` costs more than [`UPSELL_PRICE_RATIO`] times basket item `i` (both priced).
+    fn is_upsell(&self, i: ItemIx, j: ItemIx) -> bool {
+        let prices = &self.parts.items.prices;
+        let (pi, pj) = (prices[i as usize], prices[j as usize]);
+        pi.is_finite() && pi > 0.0 && pj.is_finite() && pj > UPSELL_PRICE_RATIO * pi
     }
 
     /// Ranks offers for a request (validated here) under the built-in [`Policies`]: candidates

@@ -460,3 +460,25 @@ fn drivers_name_the_basket_items_and_history_that_raised_an_offer() {
         r.items.iter().map(|o| (o.item, o.score)).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_pricier_item_of_the_basket_items_kind_is_an_upsell_unless_bought_with_it() {
+    // the cable becomes a rare, pricier card: never bought with the card, too rare for the
+    // co-purchase evidence alone (expected 0.6 pairs), so only the upsell rule withholds it
+    let mut parts = tiny_model().parts().clone();
+    parts.items.categories[3] = Some("cards".into());
+    parts.items.prices[3] = 50.0;
+    parts.items.orders[3] = 2.0;
+    let m = CrossSellModel::new(parts.clone()).unwrap();
+    let (card, cable) = (m.item("card").unwrap(), m.item("cable").unwrap());
+    assert!(m.is_substitute(card, cable), "a card at 2.5× the price, never bought with it");
+    assert!(!m.is_substitute(cable, card), "the cheaper one is no upsell of the pricier");
+    let got = ids(&m, &m.rank(&q(&["card"], 3)).unwrap());
+    assert!(!got.contains(&"cable".to_string()), "{got:?}");
+    let allowed = ids(&m, &m.rank(&RankQuery { allow_substitutes: true, ..q(&["card"], 3) }).unwrap());
+    assert!(allowed.contains(&"cable".to_string()), "{allowed:?}");
+    // at about the same price it is judged on the co-purchase evidence only
+    parts.items.prices[3] = 22.0;
+    let m = CrossSellModel::new(parts).unwrap();
+    assert!(!m.is_substitute(card, cable));
+}
