@@ -218,9 +218,13 @@ impl ReturnEffect {
             let v = p.items.prices[j as usize];
             if v.is_finite() && v > 0.0 { f64::from(v) } else { 0.0 }
         };
+        // habitual returners: the customers the default policy gives no offer
+        let plain = RankPolicy::default();
         let returner = |c: Option<&str>| {
-            c.and_then(|c| model.customer(c))
-                .is_some_and(|c| p.customers.return_rate[c as usize] >= 0.5 && p.customer_lines[c as usize] >= 10.0)
+            c.and_then(|c| model.customer(c)).is_some_and(|c| {
+                let (rate, lines) = (p.customers.return_rate[c as usize], p.customer_lines[c as usize]);
+                plain.customer_rule(rate, lines) == xsell_core::policy::CustomerRule::Suppress
+            })
         };
         let mut variants = Vec::new();
         for (name, policies) in [("blind", &blind), ("return-aware", &aware)] {

@@ -157,15 +157,15 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         let judge_by = Judge::new(&log, Some(&model));
         latent = model.latent_kinds();
         business.push(("xsell".into(), Business::of(&queries, &lists, &attach, &local(&model, &attach.queries, false)?, &judge_by)));
-        let mut plain = lists;
         if model.parts().latent_substitutes || log.catalog.categories.iter().any(Option::is_some) {
             // what the substitute rule costs: the same model, substitutes allowed
-            plain = local_with(&model, &queries, &|q| RankQuery { allow_substitutes: true, ..rank_query(q, false) })?;
-            systems.push(("xsell (substitutes)".into(), judge(&queries, &plain, &tags, n_train_items), 0.0));
-            let attach_lists = local_with(&model, &attach.queries, &|q| RankQuery { allow_substitutes: true, ..rank_query(q, false) })?;
+            let allowing = |q: &Query| RankQuery { allow_substitutes: true, ..rank_query(q, false) };
+            let t = Instant::now();
+            let plain = local_with(&model, &queries, &allowing)?;
+            systems.push(("xsell (substitutes)".into(), judge(&queries, &plain, &tags, n_train_items), t.elapsed().as_secs_f64()));
+            let attach_lists = local_with(&model, &attach.queries, &allowing)?;
             business.push(("xsell (substitutes)".into(), Business::of(&queries, &plain, &attach, &attach_lists, &judge_by)));
         }
-        drop(plain);
         if !log.returns.is_empty() {
             return_effect = Some(ReturnEffect::of(&model, &log, &queries, split.cutoff_ts)?);
         }
