@@ -205,7 +205,6 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         let baselines: [(&str, &dyn Recommender); 3] =
             [("ease", &peer), ("cooccurrence", &Cooccurrence(agg)), ("popularity", &Popularity(agg))];
         let ix: HashMap<&str, ItemIx> = log.catalog.ids.iter().enumerate().map(|(i, s)| (s.as_str(), i as ItemIx)).collect();
-        let judge_by = Judge::new(&log, Some(&model));
         for (name, rec) in baselines {
             let t = Instant::now();
             let ranked = |qs: &[Query]| -> Lists {

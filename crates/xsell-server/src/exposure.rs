@@ -100,10 +100,7 @@ impl ExposureLog {
             return Ok(None);
         }
         let dir = PathBuf::from(&cfg.dir);
-        std::fs::create_dir_all(&dir)?;
-        let probe = dir.join(format!(".write-check-{}", std::process::id()));
-        std::fs::write(&probe, b"")?;
-        std::fs::remove_file(&probe)?;
+        xsell_model::check_writable(&dir).map_err(|e| std::io::Error::other(e.to_string()))?;
         let (tx, rx) = sync_channel(cfg.queue.max(1));
         let (max_bytes, m) = (cfg.max_file_bytes.max(1), metrics.clone());
         std::thread::Builder::new().name("xsell-exposures".into()).spawn(move || write_loop(&dir, max_bytes, &rx, &m))?;

@@ -183,9 +183,7 @@ impl Inner {
         if size > xsell_core::bundle::MAX_BUNDLE {
             return Err(Status::invalid_argument(format!("size must be between 1 and {}, got {size}", xsell_core::bundle::MAX_BUNDLE)));
         }
-        if !(req.discount.is_finite() && (0.0..1.0).contains(&req.discount)) {
-            return Err(Status::invalid_argument(format!("discount must be a share within [0, 1), got {}", req.discount)));
-        }
+        // the discount is checked with the bundle (CrossSellModel::bundle_with)
         let discount = req.discount;
         // the request's own k is not used: a bundle ranks a short list per item
         let inner = v1::RankRequest { k: 10, ..req.request.unwrap_or_default() };
