@@ -5,7 +5,7 @@ use ndarray::ArrayView1;
 use crate::features::feature;
 use crate::model::CrossSellModel;
 use crate::ranker::Ranker;
-use crate::retrieval::Marks;
+use crate::retrieval::Scratch;
 use crate::{CustomerIx, ItemIx};
 
 /// What raised an offer's score.
@@ -80,15 +80,16 @@ impl CrossSellModel {
         customer: Option<CustomerIx>,
         basket: &[ItemIx],
         offers: &[ItemIx],
-        rows: &mut Marks,
-        held: &mut Marks,
+        s: &mut Scratch,
     ) -> Vec<Vec<Driver>> {
+        let Scratch { rows, held, touched, .. } = s;
         rows.begin(self.n_items());
         for (r, &j) in offers.iter().enumerate() {
             rows.set(j, r as u32);
         }
         let rows = &*rows;
-        let mut score = |c: Option<CustomerIx>, b: &[ItemIx]| ranker.scores(&self.fill_features(c, b, offers, rows, held)).to_vec();
+        let mut score =
+            |c: Option<CustomerIx>, b: &[ItemIx]| ranker.scores(&self.fill_features(c, b, offers, rows, held, touched)).to_vec();
         let full = score(customer, basket);
         let mut losses: Vec<(DriverSource, Vec<f32>)> = Vec::new();
         for (k, &b) in basket.iter().enumerate().take(MAX_DRIVER_BASKET) {

@@ -7,7 +7,7 @@ use ndarray::{Array2, ArrayView1, Axis};
 
 use crate::model::CrossSellModel;
 use crate::model::HISTORY_EASE_ITEMS;
-use crate::retrieval::{Candidates, Marks, Scratch, truncate_best, with_scratch};
+use crate::retrieval::{Candidates, Marks, Scratch, Source, Touched, truncate_best, with_scratch};
 use crate::{CustomerIx, ItemIx};
 
 /// Names of the ranker's features, in column order of [`CrossSellModel::features`].
@@ -84,7 +84,7 @@ impl CrossSellModel {
             for (r, &j) in items.iter().enumerate() {
                 s.rows.set(j, r as u32);
             }
-            self.fill_features(customer, basket, items, &s.rows, &mut s.held)
+            self.fill_features(customer, basket, items, &s.rows, &mut s.held, &mut s.touched)
         })
     }
 
@@ -109,15 +109,15 @@ impl CrossSellModel {
                     s.excluded.set(i, 0);
                 }
             }
-            let Scratch { excluded, rows, acc, held, lists } = s;
+            let Scratch { excluded, rows, touched, held, lists } = s;
             let eligible = |j: ItemIx| !excluded.contains(j);
-            let mut c = self.gather(customer, basket, &[], &[], &eligible, self.budget(), basket.len(), acc, held, rows, lists);
+            let mut c = self.gather(customer, basket, &[], &[], &eligible, self.budget(), basket.len(), touched, held, rows, lists);
             if let Some(t) = extra.filter(|&t| !rows.contains(t) && (t as usize) < n) {
                 rows.set(t, c.items.len() as u32);
                 c.items.push(t);
                 c.sources.push(0);
             }
-            let x = self.fill_features(customer, basket, &c.items, rows, held);
+            let x = self.features_from(customer, basket, &c.items, rows, touched);
             (c, x)
         })
     }
@@ -130,6 +130,75 @@ impl CrossSellModel {
         items: &[ItemIx],
         rows: &Marks,
         held: &mut Marks,
+        touched: &mut Touched,
+    ) -> Array2<f32> {
+        self.touch(customer, basket, held, touched, false);
+        self.features_from(customer, basket, items, rows, touched)
+    }
+
+    /// Reads the rows of the basket items and of the customer's past items once, into
+    /// `touched`: the co-purchase and EASE sums the features use, and with `sources` the
+    /// embedding-neighbour, look-alike and name scores the candidate sources rank by too.
+    pub(crate) fn touch(&self, customer: Option<CustomerIx>, basket: &[ItemIx], held: &mut Marks, touched: &mut Touched, sources: bool) {
+        let p = &self.parts;
+        touched.begin(self.n_items());
+        if !basket.is_empty() {
+            let inv_b = 1.0 / basket.len() as f32;
+            for &i in basket {
+                let ci = p.items.orders[i as usize].max(1.0);
+                let (cols, vals) = p.pairs.row(i as usize);
+                for (&j, &cij) in cols.iter().zip(vals) {
+                    let cond = cij / ci;
+                    let jac = cij / (ci + p.items.orders[j as usize] - cij).max(1.0);
+                    let (t, _) = touched.at(j, Source::Cooccurrence);
+                    t.cooc_max = t.cooc_max.max(cond);
+                    t.cooc_mean += cond * inv_b;
+                    t.jaccard_max = t.jaccard_max.max(jac);
+                    t.jaccard_mean += jac * inv_b;
+                }
+                let (cols, vals) = p.ease.row(i as usize);
+                for (&j, &b) in cols.iter().zip(vals) {
+                    touched.at(j, Source::Ease).0.ease += b;
+                }
+            }
+            self.for_each_pair_weight(basket, held, |j, w| touched.at(j, Source::Ease).0.ease += w);
+        }
+        if let Some(c) = customer {
+            let orders = p.customers.orders[c as usize].max(1.0);
+            for (i, h) in self.history_for_ease(customer) {
+                let share = h / orders;
+                let (ecols, evals) = p.ease.row(i as usize);
+                for (&j, &b) in ecols.iter().zip(evals) {
+                    touched.at(j, Source::Ease).0.ease_history += share * b;
+                }
+            }
+        }
+        if sources && !basket.is_empty() {
+            let inv_b = 1.0 / basket.len() as f32;
+            for &i in basket {
+                let (cols, vals) = p.neighbours.comp.row(i as usize);
+                for (&j, &v) in cols.iter().zip(vals) {
+                    touched.at(j, Source::Embedding).0.comp += v * inv_b;
+                }
+                let (cols, vals) = p.neighbours.similar.row(i as usize);
+                for (&j, &v) in cols.iter().zip(vals) {
+                    let (t, first) = touched.at(j, Source::Similar);
+                    t.similar = if first { v } else { t.similar.max(v) };
+                }
+            }
+            self.names.look_alikes(basket, |j, v| touched.at(j, Source::Names).0.names += v);
+        }
+    }
+
+    /// Raw features of the candidate `items` (`rows` marks each one's row) from the rows
+    /// [`Self::touch`] read for this customer and basket.
+    pub(crate) fn features_from(
+        &self,
+        customer: Option<CustomerIx>,
+        basket: &[ItemIx],
+        items: &[ItemIx],
+        rows: &Marks,
+        touched: &Touched,
     ) -> Array2<f32> {
         use feature::*;
         let p = &self.parts;
@@ -138,38 +207,24 @@ impl CrossSellModel {
         let log_n = (1.0 + p.n_orders).ln().max(1e-6);
         let log_recent = (1.0 + p.n_recent).ln().max(1e-6);
         for (r, &j) in items.iter().enumerate() {
-            let j = j as usize;
-            x[[r, POPULARITY]] = (1.0 + p.items.orders[j]).ln() / log_n;
-            x[[r, POP_RECENT]] = (1.0 + p.items.recent_orders[j]).ln() / log_recent;
-            x[[r, ITEM_RETURNS]] = p.items.return_rate[j];
+            let ju = j as usize;
+            x[[r, POPULARITY]] = (1.0 + p.items.orders[ju]).ln() / log_n;
+            x[[r, POP_RECENT]] = (1.0 + p.items.recent_orders[ju]).ln() / log_recent;
+            x[[r, ITEM_RETURNS]] = p.items.return_rate[ju];
+            if let Some(t) = touched.get(j) {
+                x[[r, EASE_HISTORY]] = t.ease_history;
+            }
         }
         if !basket.is_empty() && m > 0 {
-            let inv_b = 1.0 / basket.len() as f32;
-            for &i in basket {
-                let ci = p.items.orders[i as usize].max(1.0);
-                let (cols, vals) = p.pairs.row(i as usize);
-                for (&j, &cij) in cols.iter().zip(vals) {
-                    let Some(r) = rows.get(j) else { continue };
-                    let r = r as usize;
-                    let cond = cij / ci;
-                    let jac = cij / (ci + p.items.orders[j as usize] - cij).max(1.0);
-                    x[[r, COOC_MAX]] = x[[r, COOC_MAX]].max(cond);
-                    x[[r, COOC_MEAN]] += cond * inv_b;
-                    x[[r, JACCARD_MAX]] = x[[r, JACCARD_MAX]].max(jac);
-                    x[[r, JACCARD_MEAN]] += jac * inv_b;
-                }
-                let (cols, vals) = p.ease.row(i as usize);
-                for (&j, &b) in cols.iter().zip(vals) {
-                    if let Some(r) = rows.get(j) {
-                        x[[r as usize, EASE]] += b;
-                    }
+            for (r, &j) in items.iter().enumerate() {
+                if let Some(t) = touched.get(j) {
+                    x[[r, COOC_MAX]] = t.cooc_max;
+                    x[[r, COOC_MEAN]] = t.cooc_mean;
+                    x[[r, JACCARD_MAX]] = t.jaccard_max;
+                    x[[r, JACCARD_MEAN]] = t.jaccard_mean;
+                    x[[r, EASE]] = t.ease;
                 }
             }
-            self.for_each_pair_weight(basket, held, |j, w| {
-                if let Some(r) = rows.get(j) {
-                    x[[r as usize, EASE]] += w;
-                }
-            });
             if !p.ease_always_on.is_empty() {
                 for (r, &j) in items.iter().enumerate() {
                     x[[r, EASE]] += p.ease_always_on[j as usize];
@@ -199,15 +254,6 @@ impl CrossSellModel {
                     x[[r, HIST_LOG]] = h.ln_1p();
                     x[[r, HIST_SHARE]] = h / orders;
                     x[[r, HIST_RECENCY]] = 1.0 / (1.0 + age.max(0.0));
-                }
-            }
-            for (i, h) in self.history_for_ease(customer) {
-                let share = h / orders;
-                let (ecols, evals) = p.ease.row(i as usize);
-                for (&j, &b) in ecols.iter().zip(evals) {
-                    if let Some(r) = rows.get(j) {
-                        x[[r as usize, EASE_HISTORY]] += share * b;
-                    }
                 }
             }
         }

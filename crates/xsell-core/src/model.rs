@@ -13,7 +13,7 @@ use ndarray::Array2;
 
 use crate::names::NameIndex;
 use crate::policy::{CustomerRule, Effective, Objective, Policies, RankPolicy, Scored};
-use crate::retrieval::{Acc, Candidates, Marks, Neighbours, Retrieval, Scratch, truncate_best, unit_rows, with_scratch};
+use crate::retrieval::{Candidates, Marks, Neighbours, Retrieval, Scratch, Source, Touched, truncate_best, unit_rows, with_scratch};
 use crate::{Csr, CustomerIx, Error, ItemIx, Result};
 
 pub use crate::explain::{Driver, DriverSource, Reason};
@@ -531,7 +531,7 @@ impl CrossSellModel {
             return Ok((resolved, Candidates::default()));
         }
         let n = self.n_items();
-        let Scratch { excluded, rows, acc, held, lists } = s;
+        let Scratch { excluded, rows, touched, held, lists } = s;
         excluded.begin(n);
         let mut n_excluded = 0;
         let mut exclude = |j: ItemIx| {
@@ -560,14 +560,15 @@ impl CrossSellModel {
             rows.begin(n);
             return Ok((resolved, Candidates::default())); // none of the allowed items is known
         }
-        let c = self.gather(customer, &resolved.basket, &allow, &wanted, &eligible, self.budget(), n_excluded, acc, held, rows, lists);
+        let c = self.gather(customer, &resolved.basket, &allow, &wanted, &eligible, self.budget(), n_excluded, touched, held, rows, lists);
         Ok((resolved, c))
     }
 
     /// Gathers candidates: the `allow` items when there are some, else the sources' lists merged
     /// up to `budget`. Only items `eligible` lets through are taken; walks over the long
     /// popularity lists stop after `4 × budget + excluded` steps, so a request never touches
-    /// the whole catalog. `rows` ends marking each candidate's position.
+    /// the whole catalog. `rows` ends marking each candidate's position, and `touched` holding what
+    /// the basket's and the customer's rows say (what [`Self::features_from`] reads).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn gather(
         &self,
@@ -578,7 +579,7 @@ impl CrossSellModel {
         eligible: &dyn Fn(ItemIx) -> bool,
         budget: usize,
         excluded: usize,
-        acc: &mut Acc,
+        touched: &mut Touched,
         held: &mut Marks,
         rows: &mut Marks,
         lists: &mut Vec<Vec<(ItemIx, f32)>>,
@@ -588,6 +589,7 @@ impl CrossSellModel {
         rows.begin(n);
         let mut out = Candidates::default();
         if !allow.is_empty() {
+            self.touch(customer, basket, held, touched, false); // for the features
             for &j in allow {
                 if eligible(j) && !rows.contains(j) {
                     rows.set(j, out.items.len() as u32);
@@ -600,58 +602,22 @@ impl CrossSellModel {
         let walk = budget.saturating_mul(4).saturating_add(excluded);
         lists.resize_with(crate::retrieval::SOURCES.len(), Vec::new);
         lists.iter_mut().for_each(Vec::clear);
-        let take = |acc: &Acc, list: &mut Vec<(ItemIx, f32)>| {
-            list.extend(acc.items.iter().copied().filter(|&(j, _)| eligible(j)));
-            truncate_best(list, budget);
-        };
-        let orders = customer.map(|c| p.customers.orders[c as usize].max(1.0));
+        self.touch(customer, basket, held, touched, true);
+        touched.judge(eligible);
         // EASE: the basket's rows, the pairs it holds whole, the customer's past items, the intercept
-        acc.begin(n);
-        for &i in basket {
-            let (cols, vals) = p.ease.row(i as usize);
-            cols.iter().zip(vals).for_each(|(&j, &b)| acc.add(j, b));
-        }
-        self.for_each_pair_weight(basket, held, |j, w| acc.add(j, w));
-        if let Some(orders) = orders {
-            for (i, h) in self.history_for_ease(customer) {
-                let (cols, vals) = p.ease.row(i as usize);
-                cols.iter().zip(vals).for_each(|(&j, &b)| acc.add(j, h / orders * b));
-            }
-        }
+        let intercept = |j: ItemIx| p.ease_always_on.get(j as usize).copied().unwrap_or(0.0);
+        touched.list(Source::Ease, |j, t| t.ease + t.ease_history + intercept(j), budget, &mut lists[0]);
         if !p.ease_always_on.is_empty() {
-            acc.items.iter_mut().for_each(|(j, v)| *v += p.ease_always_on[*j as usize]);
-        }
-        take(acc, &mut lists[0]);
-        if !p.ease_always_on.is_empty() {
-            let untouched = self.prior_order.iter().take(walk).filter(|&&j| !acc.contains(j) && eligible(j)).take(budget);
+            let untouched =
+                self.prior_order.iter().take(walk).filter(|&&j| !touched.touched_by(j, Source::Ease) && eligible(j)).take(budget);
             lists[0].extend(untouched.map(|&j| (j, p.ease_always_on[j as usize])));
             truncate_best(&mut lists[0], budget);
         }
-        // co-occurrence: Σ P(j | i)
-        acc.begin(n);
-        for &i in basket {
-            let ci = p.items.orders[i as usize].max(1.0);
-            let (cols, vals) = p.pairs.row(i as usize);
-            cols.iter().zip(vals).for_each(|(&j, &c)| acc.add(j, c / ci));
-        }
-        take(acc, &mut lists[1]);
-        // embedding neighbours (mean over the basket) and look-alikes (max)
-        acc.begin(n);
-        for &i in basket {
-            let (cols, vals) = p.neighbours.comp.row(i as usize);
-            cols.iter().zip(vals).for_each(|(&j, &v)| acc.add(j, v / basket.len() as f32));
-        }
-        take(acc, &mut lists[2]);
-        acc.begin(n);
-        for &i in basket {
-            let (cols, vals) = p.neighbours.similar.row(i as usize);
-            cols.iter().zip(vals).for_each(|(&j, &v)| acc.max(j, v));
-        }
-        take(acc, &mut lists[3]);
-        // look-alike names
-        acc.begin(n);
-        self.names.look_alikes(basket, |j, v| acc.add(j, v));
-        take(acc, &mut lists[4]);
+        // co-occurrence: mean P(j | i); embedding neighbours (mean) and look-alikes (max); names
+        touched.list(Source::Cooccurrence, |_, t| t.cooc_mean, budget, &mut lists[1]);
+        touched.list(Source::Embedding, |_, t| t.comp, budget, &mut lists[2]);
+        touched.list(Source::Similar, |_, t| t.similar, budget, &mut lists[3]);
+        touched.list(Source::Names, |_, t| t.names, budget, &mut lists[4]);
         // the customer's past items, by share of the customer's orders plus recency
         if let Some(c) = customer {
             let (items, counts) = p.history.row(c as usize);
@@ -749,7 +715,7 @@ impl CrossSellModel {
         let effective = Effective::of(q, policy, r.rule, &mut out.withheld);
         let (customer, basket, items) = (r.customer, &r.basket, &cands.items);
         if !items.is_empty() {
-            let x = self.fill_features(customer, basket, items, &s.rows, &mut s.held);
+            let x = self.features_from(customer, basket, items, &s.rows, &s.touched);
             let ranker = match &p.discovery_ranker {
                 Some(d) if q.new_to_customer && customer.is_some() => d,
                 _ => &p.ranker,
@@ -768,7 +734,7 @@ impl CrossSellModel {
             };
             if q.explain && !out.items.is_empty() {
                 let offers: Vec<ItemIx> = out.items.iter().map(|o| o.item).collect();
-                let drivers = self.drivers(ranker, customer, basket, &offers, &mut s.rows, &mut s.held);
+                let drivers = self.drivers(ranker, customer, basket, &offers, s);
                 for (o, d) in out.items.iter_mut().zip(drivers) {
                     o.drivers = d;
                 }

@@ -182,80 +182,125 @@ pub(crate) fn truncate_best(v: &mut Vec<(u32, f32)>, k: usize) {
 }
 
 /// A set of item marks that is cleared in O(1): a mark counts only when its stamp is the
-/// current generation. Grows to the largest catalog it is used with, never shrinks.
+/// current generation. Grows to the largest catalog it is used with, never shrinks. A mark's
+/// stamp and value sit side by side, so a lookup reads one cache line.
 #[derive(Debug, Default)]
 pub(crate) struct Marks {
-    stamp: Vec<u32>,
-    value: Vec<u32>,
+    /// Per item: (stamp, value).
+    slots: Vec<(u32, u32)>,
     generation: u32,
 }
 
 impl Marks {
     /// Clears every mark, for items `0..n`.
     pub(crate) fn begin(&mut self, n: usize) {
-        if self.stamp.len() < n {
-            self.stamp.resize(n, 0);
-            self.value.resize(n, 0);
+        if self.slots.len() < n {
+            self.slots.resize(n, (0, 0));
         }
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
-            self.stamp.fill(0);
+            self.slots.fill((0, 0));
             self.generation = 1;
         }
     }
 
     /// The value marked on `j`, if it is marked.
     pub(crate) fn get(&self, j: ItemIx) -> Option<u32> {
-        (self.stamp[j as usize] == self.generation).then(|| self.value[j as usize])
+        let (stamp, value) = self.slots[j as usize];
+        (stamp == self.generation).then_some(value)
     }
 
     /// Whether `j` is marked.
     pub(crate) fn contains(&self, j: ItemIx) -> bool {
-        self.stamp[j as usize] == self.generation
+        self.slots[j as usize].0 == self.generation
     }
 
     /// Marks `j` with `v`.
     pub(crate) fn set(&mut self, j: ItemIx, v: u32) {
-        self.stamp[j as usize] = self.generation;
-        self.value[j as usize] = v;
+        self.slots[j as usize] = (self.generation, v);
     }
 }
 
-/// Sparse sums (or maxima) over the items a request touches.
-#[derive(Debug, Default)]
-pub(crate) struct Acc {
-    marks: Marks,
-    pub(crate) items: Vec<(ItemIx, f32)>,
+/// What the rows a request reads (its basket items' and its customer's) say about one item they
+/// touch: the sums and maxima both the candidate sources and the features use, gathered in one
+/// pass over the rows.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Partial {
+    /// Max over basket items `i` of P(j | i).
+    pub(crate) cooc_max: f32,
+    /// Mean over basket items of P(j | i).
+    pub(crate) cooc_mean: f32,
+    /// Max over basket items of the Jaccard index.
+    pub(crate) jaccard_max: f32,
+    /// Mean over basket items of the Jaccard index.
+    pub(crate) jaccard_mean: f32,
+    /// EASE weights of the basket rows and of the pairs the basket holds whole.
+    pub(crate) ease: f32,
+    /// Σ over the customer's past items of their order share × EASE weight.
+    pub(crate) ease_history: f32,
+    /// Mean over the basket of the embedding-neighbour score (a source only).
+    pub(crate) comp: f32,
+    /// Max over the basket of the look-alike cosine (a source only).
+    pub(crate) similar: f32,
+    /// The name look-alike score (a source only).
+    pub(crate) names: f32,
+    /// Bits ([`Source::bit`]) of the sources whose rows touched the item.
+    pub(crate) sources: u8,
+    /// Whether the request may offer the item (set by [`Touched::judge`]).
+    pub(crate) eligible: bool,
 }
 
-impl Acc {
+/// The items a request's rows touch, each with its [`Partial`].
+#[derive(Debug, Default)]
+pub(crate) struct Touched {
+    marks: Marks,
+    pub(crate) items: Vec<(ItemIx, Partial)>,
+}
+
+impl Touched {
+    /// Forgets every item, for items `0..n`.
     pub(crate) fn begin(&mut self, n: usize) {
         self.marks.begin(n);
         self.items.clear();
     }
 
-    pub(crate) fn add(&mut self, j: ItemIx, v: f32) {
-        match self.marks.get(j) {
-            Some(k) => self.items[k as usize].1 += v,
+    /// `j`'s partial, marked as touched by `source`, and whether `source` touches it first now.
+    pub(crate) fn at(&mut self, j: ItemIx, source: Source) -> (&mut Partial, bool) {
+        let k = match self.marks.get(j) {
+            Some(k) => k as usize,
             None => {
                 self.marks.set(j, self.items.len() as u32);
-                self.items.push((j, v));
+                self.items.push((j, Partial::default()));
+                self.items.len() - 1
             }
-        }
+        };
+        let p = &mut self.items[k].1;
+        let first = p.sources & source.bit() == 0;
+        p.sources |= source.bit();
+        (p, first)
     }
 
-    pub(crate) fn max(&mut self, j: ItemIx, v: f32) {
-        match self.marks.get(j) {
-            Some(k) => self.items[k as usize].1 = self.items[k as usize].1.max(v),
-            None => {
-                self.marks.set(j, self.items.len() as u32);
-                self.items.push((j, v));
-            }
-        }
+    /// `j`'s partial, if a row touched it.
+    pub(crate) fn get(&self, j: ItemIx) -> Option<&Partial> {
+        self.marks.get(j).map(|k| &self.items[k as usize].1)
     }
 
-    pub(crate) fn contains(&self, j: ItemIx) -> bool {
-        self.marks.contains(j)
+    /// Whether `source` touched `j`.
+    pub(crate) fn touched_by(&self, j: ItemIx, source: Source) -> bool {
+        self.get(j).is_some_and(|p| p.sources & source.bit() != 0)
+    }
+
+    /// Marks each touched item eligible or not, once, for [`Touched::list`].
+    pub(crate) fn judge(&mut self, eligible: &dyn Fn(ItemIx) -> bool) {
+        self.items.iter_mut().for_each(|(j, p)| p.eligible = eligible(*j));
+    }
+
+    /// Appends to `list` the eligible items (as [`Touched::judge`] marked them) `source`
+    /// touched, scored by `score`, and keeps its `budget` best (best first).
+    pub(crate) fn list(&self, source: Source, score: impl Fn(ItemIx, &Partial) -> f32, budget: usize, list: &mut Vec<(ItemIx, f32)>) {
+        let bit = source.bit();
+        list.extend(self.items.iter().filter(|(_, p)| p.sources & bit != 0 && p.eligible).map(|(j, p)| (*j, score(*j, p))));
+        truncate_best(list, budget);
     }
 }
 
@@ -266,8 +311,8 @@ pub(crate) struct Scratch {
     pub(crate) excluded: Marks,
     /// Candidates: item → row.
     pub(crate) rows: Marks,
-    /// One source's scores.
-    pub(crate) acc: Acc,
+    /// What the request's rows say about the items they touch.
+    pub(crate) touched: Touched,
     /// Basket items (for pairs held whole).
     pub(crate) held: Marks,
     /// Each source's list, best first.
