@@ -133,6 +133,11 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// Little-endian 4-byte words of a tensor's bytes, decoded.
+fn words<T>(b: &[u8], decode: fn([u8; 4]) -> T) -> Vec<T> {
+    b.chunks_exact(4).map(|c| decode([c[0], c[1], c[2], c[3]])).collect()
+}
+
 fn u32_bytes(v: &[u32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -312,18 +317,25 @@ pub fn load(path: &Path) -> Result<Bundle> {
         return Err(BundleError::Features { path: path.into(), found: manifest.features.join(", "), expected: ours.join(", ") });
     }
     let tensors_path = path.join(TENSORS);
-    let bytes = std::fs::read(&tensors_path).map_err(io(&tensors_path))?;
+    let file = std::fs::File::open(&tensors_path).map_err(io(&tensors_path))?;
+    // Mapped, not read: each tensor is copied once, from the page cache into its table, and the
+    // file's bytes never sit in the heap beside the tables (a 1M-item bundle would hold them
+    // twice). SAFETY: a published bundle is never written again (a new version is a new
+    // directory, `latest` switches last, see `save`), so the mapping does not change under
+    // this read; it is dropped before `load` returns.
+    #[allow(unsafe_code)]
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(io(&tensors_path))?;
     let bad = |reason: String| BundleError::Tensors { path: tensors_path.clone(), reason };
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-    let get = |name: &str, dtype: Dtype| -> Result<(Vec<usize>, Vec<[u8; 4]>)> {
+    let get = |name: &str, dtype: Dtype| -> Result<(Vec<usize>, &[u8])> {
         let t = st.tensor(name).map_err(|e| bad(format!("tensor '{name}': {e}")))?;
         if t.dtype() != dtype {
             return Err(bad(format!("tensor '{name}' has dtype {:?}, expected {dtype:?}", t.dtype())));
         }
-        Ok((t.shape().to_vec(), t.data().chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()))
+        Ok((t.shape().to_vec(), t.data()))
     };
-    let f32s = |name: &str| get(name, Dtype::F32).map(|(s, v)| (s, v.into_iter().map(f32::from_le_bytes).collect::<Vec<_>>()));
-    let u32s_shaped = |name: &str| get(name, Dtype::U32).map(|(s, v)| (s, v.into_iter().map(u32::from_le_bytes).collect::<Vec<_>>()));
+    let f32s = |name: &str| get(name, Dtype::F32).map(|(s, b)| (s, words(b, f32::from_le_bytes)));
+    let u32s_shaped = |name: &str| get(name, Dtype::U32).map(|(s, b)| (s, words(b, u32::from_le_bytes)));
     let u32s = |name: &str| u32s_shaped(name).map(|(_, v)| v);
     let ease_pairs = || -> Result<Vec<(u32, u32)>> {
         let (shape, v) = u32s_shaped("ease_pairs")?;
