@@ -279,7 +279,7 @@ pub fn run(a: BenchServeArgs) -> anyhow::Result<()> {
     };
     anyhow::ensure!(!queries.is_empty(), "no queries to replay");
     let limits = match &a.serve_config {
-        Some(c) => xsell_server::ServeConfig::load(Some(c), serde_json::Value::Null)?.limits,
+        Some(c) => xsell_server::ServeConfig::load(Some(c), serde_json::Map::new())?.limits,
         None => xsell_server::ServeConfig::default().limits,
     };
 

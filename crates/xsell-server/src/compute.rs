@@ -60,15 +60,40 @@ struct Pool {
     queued: Arc<AtomicU64>,
 }
 
+/// The scheduling niceness of the bulk lane's threads (Linux): under contention the kernel gives
+/// an interactive thread about nine tenths of a core against one bulk thread (weights 1024 and
+/// 110) and lets a woken interactive thread preempt a bulk one, so a batch running on every core
+/// still leaves small calls their latency; on an idle machine the bulk lane runs at full speed.
+pub const BULK_NICE: i32 = 10;
+
 impl Pool {
-    fn new(name: &'static str, threads: usize) -> std::io::Result<Self> {
+    fn new(name: &'static str, threads: usize, nice: i32) -> std::io::Result<Self> {
         let threads = threads.max(1);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(move |i| format!("xsell-{name}-{i}"))
+            .start_handler(move |_| lower_priority(nice))
             .build()
             .map_err(std::io::Error::other)?;
         Ok(Pool { pool, threads, queued: Arc::new(AtomicU64::new(0)) })
+    }
+}
+
+/// Sets the calling thread's niceness to `nice` (0: leaves it). Best effort: a refusal is logged
+/// and the thread runs at the normal priority.
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority take no pointers; PRIO_PROCESS with a thread id sets the
+        // niceness of that thread alone (Linux threads are scheduled one by one).
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+        if rc != 0 {
+            tracing::warn!(nice, error = %std::io::Error::last_os_error(), "could not lower a bulk thread's priority");
+        }
     }
 }
 
@@ -100,8 +125,8 @@ impl Compute {
     /// jobs at once.
     pub fn new(threads: usize, bulk_threads: usize, max_in_flight: usize, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         Ok(Compute {
-            interactive: Pool::new("rank", threads)?,
-            bulk: Pool::new("bulk", bulk_threads)?,
+            interactive: Pool::new("rank", threads, 0)?,
+            bulk: Pool::new("bulk", bulk_threads, BULK_NICE)?,
             admission: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
             ns_per_unit: Arc::new(AtomicU64::new(0)),
