@@ -185,6 +185,12 @@ pub fn print_summary(r: &xsell_train::TrainReport, read_secs: f64, total_secs: f
             0 => outln!(""),
             n => outln!(", and their {n} most co-bought pairs (pair λ {:.3} × mean item orders)", e.pair_alpha),
         }
+        if let Some((without, with)) = e.tail_trial {
+            let verdict = if e.tail_items > 0 { format!("kept: {} more items have EASE rows", e.tail_items) } else { "not kept".into() };
+            outln!(
+                "  tail blocks (items beyond the dense fit, blocks of co-bought items): EASE alone hit@10 {without:.4} -> {with:.4}, {verdict}"
+            );
+        }
         for t in &e.trials {
             let pairs = if t.pairs == 0 { String::new() } else { format!(", {} pairs at {} × mean", t.pairs, t.pair_alpha) };
             outln!(

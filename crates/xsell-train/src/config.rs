@@ -28,6 +28,10 @@ pub struct TrainConfig {
     pub ease_items: usize,
     /// λ is chosen on the Gram of this many most-bought items (a leading block of the whole).
     pub ease_search_items: usize,
+    /// At most this many items beyond `ease_items` get EASE rows from blocks of
+    /// co-purchase-connected items ([`crate::ease::fit_tail`]), kept only when validation finds
+    /// EASE alone clearly better with them (0: never).
+    pub ease_tail_items: usize,
     /// EASE regularization; 0 chooses it on the validation queries from
     /// [`crate::ease::LAMBDA_GRID`].
     pub ease_lambda: f64,
@@ -91,6 +95,7 @@ impl Default for TrainConfig {
             ease_items: 5000,
             ease_lambda: 0.0,
             ease_search_items: 2000,
+            ease_tail_items: 50_000,
             ease_pairs: 512,
             recent_fraction: 0.1,
             validation_fraction: 0.1,

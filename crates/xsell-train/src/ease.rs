@@ -21,7 +21,8 @@
 //! The inverse is dense and cubic, so it covers only the `ease_items` most-bought items and
 //! at most `ease_pairs` pairs (the aggregate pass counts their Gram,
 //! [`xsell_core::aggregate::Aggregates::extended_gram`]); the served model keeps the strongest
-//! entries of each row ([`fit_sparse`]). The inversion is a blocked Gauss-Jordan sweep whose
+//! entries of each row ([`fit_sparse`]); the items beyond it get rows from blocks of
+//! co-purchase-connected items, each its own small EASE ([`fit_tail`]). The inversion is a blocked Gauss-Jordan sweep whose
 //! work is all matrix products (ndarray's `general_mat_mul`), split over the rayon pool by rows.
 
 use ndarray::linalg::general_mat_mul;
@@ -484,9 +485,230 @@ fn small_inverse(a: &mut Array2<f64>) -> Result<()> {
     Ok(())
 }
 
+/// An item and its EASE row: `(target, weight)`.
+pub type ItemRow = (ItemIx, Vec<(u32, f32)>);
+
+/// Items of a tail block whose rows the block fits (the rest of the block are dense-fit items
+/// its members are bought with).
+const TAIL_MEMBERS: usize = 750;
+/// Items in a tail block in all: members, then their most co-bought dense-fit items.
+pub const TAIL_BLOCK: usize = 1000;
+
+/// EASE rows for items the dense fit leaves out (beyond the `ease_items` most bought): the
+/// `max_items` most-bought of them with at least two orders are grouped into blocks of
+/// co-purchase-connected items (a breadth-first walk over each item's co-purchase row, the
+/// strongest first, at most [`TAIL_MEMBERS`] a block), each block completed by the dense-fit
+/// items its members are bought with most (up to [`TAIL_BLOCK`] in all) and an always-on
+/// input, and fitted as its own EASE on the co-purchase counts (`pairs`, the diagonal
+/// `orders`) with λ = `alpha` × the block's mean diagonal. A member's row holds its
+/// strongest `keep` weights over the block. Memory: one block's dense inverse per thread;
+/// time: blocks × [`TAIL_BLOCK`]³.
+///
+/// Returns each member's row.
+pub fn fit_tail(pairs: &Csr, orders: &[f32], n_orders: f64, dense: &[ItemIx], alpha: f64, max_items: usize, keep: usize) -> Vec<ItemRow> {
+    let n = orders.len();
+    let mut in_dense = vec![false; n];
+    dense.iter().for_each(|&i| in_dense[i as usize] = true);
+    let mut tail: Vec<ItemIx> = (0..n as ItemIx).filter(|&i| !in_dense[i as usize] && orders[i as usize] >= 2.0).collect();
+    tail.sort_unstable_by(|&a, &b| orders[b as usize].total_cmp(&orders[a as usize]).then(a.cmp(&b)));
+    tail.truncate(max_items);
+    let mut wanted = vec![false; n];
+    tail.iter().for_each(|&i| wanted[i as usize] = true);
+    let strongest_first = |i: ItemIx| {
+        let (cols, vals) = pairs.row(i as usize);
+        let mut r: Vec<(u32, f32)> = cols.iter().copied().zip(vals.iter().copied()).collect();
+        r.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        r
+    };
+    // blocks: members by a breadth-first walk, then their dense-fit partners
+    let mut assigned = vec![false; n];
+    let mut blocks: Vec<Vec<ItemIx>> = Vec::new();
+    for &seed in &tail {
+        if assigned[seed as usize] {
+            continue;
+        }
+        let mut members = Vec::new();
+        let mut queue = std::collections::VecDeque::from([seed]);
+        while let Some(x) = queue.pop_front() {
+            if members.len() >= TAIL_MEMBERS {
+                break;
+            }
+            if assigned[x as usize] {
+                continue;
+            }
+            assigned[x as usize] = true;
+            members.push(x);
+            queue.extend(strongest_first(x).into_iter().map(|(j, _)| j).filter(|&j| wanted[j as usize] && !assigned[j as usize]));
+        }
+        let mut partners: std::collections::HashMap<ItemIx, f32> = std::collections::HashMap::new();
+        for &x in &members {
+            let (cols, vals) = pairs.row(x as usize);
+            for (&j, &c) in cols.iter().zip(vals) {
+                if in_dense[j as usize] {
+                    *partners.entry(j).or_default() += c;
+                }
+            }
+        }
+        let mut partners: Vec<(ItemIx, f32)> = partners.into_iter().collect();
+        partners.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let n_members = members.len();
+        members.extend(partners.into_iter().take(TAIL_BLOCK - n_members).map(|(j, _)| j));
+        blocks.push(members);
+    }
+    let rows: Vec<Vec<ItemRow>> = blocks
+        .par_iter()
+        .map(|block| {
+            let m = block.len();
+            let pos: std::collections::HashMap<ItemIx, usize> = block.iter().enumerate().map(|(a, &i)| (i, a)).collect();
+            // the block's Gram: co-purchase counts (either row may hold a pair), orders on the
+            // diagonal, the always-on input last
+            let mut g = Array2::<f64>::zeros((m + 1, m + 1));
+            for (a, &i) in block.iter().enumerate() {
+                g[[a, a]] = f64::from(orders[i as usize]);
+                g[[a, m]] = f64::from(orders[i as usize]);
+                g[[m, a]] = f64::from(orders[i as usize]);
+                let (cols, vals) = pairs.row(i as usize);
+                for (&j, &c) in cols.iter().zip(vals) {
+                    if let Some(&b) = pos.get(&j).filter(|&&b| b != a) {
+                        let c = f64::from(c);
+                        g[[a, b]] = g[[a, b]].max(c);
+                        g[[b, a]] = g[[b, a]].max(c);
+                    }
+                }
+            }
+            g[[m, m]] = n_orders.max(1.0);
+            let lambda = (alpha * (0..m).map(|a| g[[a, a]]).sum::<f64>() / m.max(1) as f64).max(1e-6);
+            // the counts are the strongest pairs of each row, not the whole Gram, so a block's
+            // matrix may fall short of positive definite: then more λ, and past that no rows
+            let Some(p) = [1.0, 10.0, 100.0].iter().find_map(|f| {
+                let mut p = g.clone();
+                p.diag_mut().iter_mut().for_each(|d| *d += lambda * f);
+                spd_inverse(&mut p).ok().map(|()| p)
+            }) else {
+                return Vec::new();
+            };
+            block
+                .iter()
+                .enumerate()
+                .filter(|&(_, &i)| !in_dense[i as usize])
+                .map(|(a, &i)| {
+                    let mut r: Vec<(u32, f32)> = (0..m)
+                        .filter(|&c| c != a)
+                        .map(|c| (block[c], (-p[[a, c]] / p[[c, c]]) as f32))
+                        .filter(|(_, v)| *v != 0.0)
+                        .collect();
+                    if r.len() > keep {
+                        r.select_nth_unstable_by(keep, |x, y| y.1.abs().total_cmp(&x.1.abs()).then(x.0.cmp(&y.0)));
+                        r.truncate(keep);
+                    }
+                    r.sort_unstable_by_key(|&(j, _)| j);
+                    (i, r)
+                })
+                .collect()
+        })
+        .collect();
+    rows.into_iter().flatten().collect()
+}
+
+/// hit@10 and mrr@20 outcomes ([`outcome`]) of EASE alone in a model's item space: a query's
+/// scores are the basket items' `rows` summed plus `always_on`, the basket left out.
+pub fn sparse_outcomes(rows: &Csr, always_on: &[f32], queries: &[(&[ItemIx], ItemIx)]) -> Vec<f64> {
+    queries
+        .par_iter()
+        .map(|&(basket, target)| {
+            let mut acc: std::collections::HashMap<ItemIx, f32> = std::collections::HashMap::new();
+            for &i in basket {
+                let (cols, vals) = rows.row(i as usize);
+                for (&j, &w) in cols.iter().zip(vals) {
+                    *acc.entry(j).or_default() += w;
+                }
+            }
+            let base = |j: ItemIx| always_on.get(j as usize).copied().unwrap_or(0.0);
+            let score = |j: ItemIx| acc.get(&j).copied().unwrap_or(0.0) + base(j);
+            let t = score(target);
+            // rank of the target: items scoring higher (ties: the lower index first), among the
+            // touched items and, for the rest, their base rates
+            let better = |j: ItemIx, v: f32| j != target && !basket.contains(&j) && (v > t || (v == t && j < target));
+            let touched = acc.iter().filter(|&(&j, &v)| better(j, v + base(j))).count();
+            let untouched = (0..rows.n_rows() as ItemIx).filter(|j| !acc.contains_key(j) && better(*j, base(*j))).count();
+            outcome(Some(touched + untouched))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Co-purchase counts, order counts and the order count of baskets of three items around
+    /// a ring (a real Gram: positive semi-definite).
+    fn ring(n: usize) -> (Csr, Vec<f32>, f64) {
+        let mut counts = std::collections::BTreeMap::<(usize, usize), f32>::new();
+        let mut orders = vec![0f32; n];
+        let mut baskets = 0;
+        for i in 0..n {
+            for rep in 0..1 + i % 3 {
+                let basket = [i, (i + 1) % n, (i + 2 + (i * 7 + rep) % 5) % n];
+                baskets += 1;
+                for (x, &a) in basket.iter().enumerate() {
+                    orders[a] += 1.0;
+                    for &b in &basket[x + 1..] {
+                        *counts.entry((a, b)).or_default() += 1.0;
+                        *counts.entry((b, a)).or_default() += 1.0;
+                    }
+                }
+            }
+        }
+        let mut rows = vec![Vec::new(); n];
+        for (&(a, b), &c) in &counts {
+            rows[a].push((b as u32, c));
+        }
+        (Csr::from_rows(rows), orders, f64::from(baskets))
+    }
+
+    #[test]
+    fn a_tail_block_holding_the_whole_catalog_is_exact_ease() {
+        let (pairs, orders, n_orders) = ring(60);
+        let rows = fit_tail(&pairs, &orders, n_orders, &[], 0.5, 1000, 1000);
+        assert_eq!(rows.len(), 60, "every item is a member of the one block");
+        // the same Gram, dense, through the dense fit
+        let mut g = Array2::<f32>::zeros((61, 61));
+        for i in 0..60 {
+            g[[i, i]] = orders[i];
+            g[[i, 60]] = orders[i];
+            g[[60, i]] = orders[i];
+            let (cols, vals) = pairs.row(i);
+            for (&j, &c) in cols.iter().zip(vals) {
+                g[[i, j as usize]] = c;
+            }
+        }
+        g[[60, 60]] = n_orders as f32;
+        let items: Vec<ItemIx> = (0..60).collect();
+        let exact = fit_sparse(&g, &[], 0.5, 0.0, &items, 60, 1000).unwrap();
+        for (i, row) in rows {
+            let (cols, vals) = exact.items.row(i as usize);
+            let mut want: Vec<(u32, f32)> = cols.iter().copied().zip(vals.iter().copied()).collect();
+            want.sort_unstable_by_key(|&(j, _)| j);
+            assert_eq!(row.len(), want.len(), "row {i}");
+            for (&(j, w), &(k, v)) in row.iter().zip(&want) {
+                assert_eq!(j, k);
+                assert!((w - v).abs() <= 1e-4 * v.abs().max(1e-3), "B[{i}, {j}]: {w} vs {v}");
+            }
+        }
+    }
+
+    #[test]
+    fn tail_blocks_cover_only_items_beyond_the_dense_fit_and_stay_bounded() {
+        let (pairs, orders, n_orders) = ring(2600);
+        let dense: Vec<ItemIx> = (0..100).collect();
+        let rows = fit_tail(&pairs, &orders, n_orders, &dense, 0.5, 2000, 50);
+        assert_eq!(rows.len(), 2000, "the 2,000 most-bought items beyond the dense fit");
+        assert!(rows.iter().all(|(i, r)| *i >= 100 && r.len() <= 50 && !r.iter().any(|&(j, _)| j == *i)));
+        // a ring neighbour (bought with it) gets a positive weight
+        let (i, r) = &rows[0];
+        let (cols, _) = pairs.row(*i as usize);
+        assert!(r.iter().any(|&(j, w)| cols.contains(&j) && w > 0.0), "item {i}: {r:?}");
+    }
 
     #[test]
     fn inverse_matches_identity() {

@@ -158,6 +158,13 @@ pub struct EaseReport {
     pub pair_alpha: f64,
     /// hit@10 / mrr@20 of EASE alone on the validation queries, per candidate.
     pub trials: Vec<LambdaTrial>,
+    /// Items beyond the dense fit given EASE rows by tail blocks ([`ease::fit_tail`]; 0: none).
+    #[serde(default)]
+    pub tail_items: usize,
+    /// hit@10 of EASE alone on the validation queries without and with the tail blocks' rows,
+    /// when they were judged (they are kept only when clearly better).
+    #[serde(default)]
+    pub tail_trial: Option<(f64, f64)>,
 }
 
 /// EASE's regularization: item λ and pair λ (multiples of the mean item Gram diagonal) and
@@ -167,6 +174,8 @@ struct EaseSetting {
     alpha: f64,
     pairs: usize,
     pair_alpha: f64,
+    /// Whether the items beyond the dense fit get rows from tail blocks.
+    tail: bool,
 }
 
 /// A trained model with its report and the aggregates of all training orders (log index space).
@@ -299,7 +308,7 @@ fn fit_ease(
     agg.gram = Default::default();
     agg.pair_gram = Default::default();
     let pairs = std::mem::take(&mut agg.gram_pairs);
-    let plain = |alpha| EaseSetting { alpha, pairs: 0, pair_alpha: 0.0 };
+    let plain = |alpha| EaseSetting { alpha, pairs: 0, pair_alpha: 0.0, tail: false };
     let (setting, trials) = match given {
         Some(s) => (s, Vec::new()),
         None if cfg.ease_lambda > 0.0 => (plain(cfg.ease_lambda / ease::diagonal_scale(&gram, m)), Vec::new()),
@@ -312,7 +321,7 @@ fn fit_ease(
             let pq: Vec<PosQuery> =
                 queries.iter().map(|q| (q.basket.iter().filter_map(|&i| pos[i as usize]).collect(), pos[q.target as usize])).collect();
             let c = ease::choose(&gram, m, &pairs, &pq, cfg.ease_search_items, &[cfg.ease_pairs / 4, cfg.ease_pairs])?;
-            (EaseSetting { alpha: c.alpha, pairs: c.pairs, pair_alpha: c.pair_alpha }, c.trials)
+            (EaseSetting { alpha: c.alpha, pairs: c.pairs, pair_alpha: c.pair_alpha, tail: false }, c.trials)
         }
     };
     // the chosen count of the most co-bought pairs (fewer when this Gram has fewer)
@@ -323,8 +332,56 @@ fn fit_ease(
     parts.ease = fitted.items;
     parts.ease_pairs = fitted.pairs;
     parts.ease_always_on = fitted.always_on;
+    let (tail_items, tail_trial) = fit_tail(parts, &items, setting.alpha, cfg, given.map(|s| s.tail), queries)?;
     let EaseSetting { alpha, pair_alpha, .. } = setting;
-    Ok(Some(EaseReport { items: m, alpha, lambda: fitted.lambda, pairs: used, pair_alpha, trials }))
+    Ok(Some(EaseReport { items: m, alpha, lambda: fitted.lambda, pairs: used, pair_alpha, trials, tail_items, tail_trial }))
+}
+
+/// Gives the items beyond the dense EASE fit (`dense`) rows from tail blocks
+/// ([`ease::fit_tail`], at most `ease_tail_items`) when `given` says so, or, when it is not
+/// given, when they make EASE alone clearly better on `queries`. Returns the items given rows
+/// and the judgement (hit@10 without and with), if one was made.
+fn fit_tail(
+    parts: &mut ModelParts,
+    dense: &[ItemIx],
+    alpha: f64,
+    cfg: &TrainConfig,
+    given: Option<bool>,
+    queries: &[&MQuery],
+) -> Result<(usize, Option<(f64, f64)>)> {
+    let n = parts.items.ids.len();
+    if cfg.ease_tail_items == 0 || given == Some(false) || dense.len() >= n || (given.is_none() && queries.is_empty()) {
+        return Ok((0, None));
+    }
+    let rows =
+        ease::fit_tail(&parts.pairs, &parts.items.orders, f64::from(parts.n_orders), dense, alpha, cfg.ease_tail_items, cfg.max_neighbours);
+    if rows.is_empty() {
+        return Ok((0, None));
+    }
+    let mut merged: Vec<Vec<(u32, f32)>> = (0..n)
+        .map(|i| {
+            let (cols, vals) = parts.ease.row(i);
+            cols.iter().copied().zip(vals.iter().copied()).collect()
+        })
+        .collect();
+    let tail_items = rows.len();
+    for (i, r) in rows {
+        merged[i as usize] = r;
+    }
+    let with = Csr::from_rows(merged);
+    let mut trial = None;
+    if given.is_none() {
+        let qs: Vec<(&[ItemIx], ItemIx)> = queries.iter().map(|q| (&q.basket[..], q.target)).collect();
+        let old = ease::sparse_outcomes(&parts.ease, &parts.ease_always_on, &qs);
+        let new = ease::sparse_outcomes(&with, &parts.ease_always_on, &qs);
+        let hit = |o: &[f64]| o.iter().filter(|&&v| v >= 1.0).count() as f64 / o.len().max(1) as f64;
+        trial = Some((hit(&old), hit(&new)));
+        if !ranking::clearly_better(&new, &old) {
+            return Ok((0, trial));
+        }
+    }
+    parts.ease = with;
+    Ok((tail_items, trial))
 }
 
 /// Trains a model on `orders` (indices into `log.orders`, oldest first); return signals at or
@@ -423,10 +480,11 @@ pub fn train(
         let (mut parts, spaces) = build(log, &agg, cfg, ranker, progress)?;
         // the relative λs carry over (the Gram's scale grows with the orders), and so does the
         // pair count: the most co-bought pairs of all training orders
-        let setting = report.ease.as_ref().map(|e| EaseSetting { alpha: e.alpha, pairs: e.pairs, pair_alpha: e.pair_alpha });
+        let setting =
+            report.ease.as_ref().map(|e| EaseSetting { alpha: e.alpha, pairs: e.pairs, pair_alpha: e.pair_alpha, tail: e.tail_items > 0 });
         if let Some(e) = fit_ease(&mut agg, &spaces, &mut parts, cfg, setting, &[])? {
-            let trials = report.ease.take().map(|r| r.trials).unwrap_or_default();
-            report.ease = Some(EaseReport { trials, ..e });
+            let (trials, tail_trial) = report.ease.take().map(|r| (r.trials, r.tail_trial)).unwrap_or_default();
+            report.ease = Some(EaseReport { trials, tail_trial, ..e });
         }
         timer.lap("refit");
         (parts, agg)
