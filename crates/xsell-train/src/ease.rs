@@ -628,7 +628,7 @@ pub fn sparse_outcomes(rows: &Csr, always_on: &[f32], queries: &[(&[ItemIx], Ite
             let t = score(target);
             // rank of the target: items scoring higher (ties: the lower index first), among the
             // touched items and, for the rest, their base rates
-            let better = |j: ItemIx, v: f32| j != target && !basket.contains(&j) && (v > t || (v == t && j < target));
+            let better = |j: ItemIx, v: f32| (v > t || (v == t && j < target)) && j != target && !basket.contains(&j);
             let touched = acc.iter().filter(|&(&j, &v)| better(j, v + base(j))).count();
             let untouched = (0..rows.n_rows() as ItemIx).filter(|j| !acc.contains_key(j) && better(*j, base(*j))).count();
             outcome(Some(touched + untouched))
@@ -695,6 +695,17 @@ mod tests {
                 assert!((w - v).abs() <= 1e-4 * v.abs().max(1e-3), "B[{i}, {j}]: {w} vs {v}");
             }
         }
+    }
+
+    #[test]
+    fn sparse_outcomes_rank_the_target_among_every_item() {
+        // rows: item 0 predicts 1 (0.5) and 2 (0.2); item 3 predicts 2 (0.4); base rates on 4 and 5
+        let rows = Csr::from_rows(vec![vec![(1, 0.5), (2, 0.2)], vec![], vec![], vec![(2, 0.4)], vec![], vec![]]);
+        let always_on = [0.0, 0.0, 0.0, 0.0, 0.3, 0.1];
+        let basket = [0, 3];
+        // scores: 1 → 0.5, 2 → 0.6, 4 → 0.3, 5 → 0.1; the basket is left out
+        let o = sparse_outcomes(&rows, &always_on, &[(&basket[..], 2), (&basket[..], 1), (&basket[..], 4), (&basket[..], 5)]);
+        assert_eq!(o, vec![outcome(Some(0)), outcome(Some(1)), outcome(Some(2)), outcome(Some(3))]);
     }
 
     #[test]
