@@ -395,13 +395,18 @@ fn strongest(rows: &[usize], m: usize, weight: impl Fn(usize, usize) -> f32 + Sy
     rows.par_iter()
         .map(|&a| {
             let mut r: Vec<(u32, f32)> = (0..m).map(|c| (items[c], weight(a, c))).filter(|(_, v)| *v != 0.0).collect();
-            if r.len() > keep {
-                r.select_nth_unstable_by(keep, |x, y| y.1.abs().total_cmp(&x.1.abs()).then(x.0.cmp(&y.0)));
-                r.truncate(keep);
-            }
+            keep_strongest(&mut r, keep);
             r
         })
         .collect()
+}
+
+/// Keeps the `keep` weights of largest magnitude (ties: the lower item), in no particular order.
+fn keep_strongest(r: &mut Vec<(u32, f32)>, keep: usize) {
+    if r.len() > keep {
+        r.select_nth_unstable_by(keep, |x, y| y.1.abs().total_cmp(&x.1.abs()).then(x.0.cmp(&y.0)));
+        r.truncate(keep);
+    }
 }
 
 const BLOCK: usize = 192;
@@ -597,10 +602,7 @@ pub fn fit_tail(pairs: &Csr, orders: &[f32], n_orders: f64, dense: &[ItemIx], al
                         .map(|c| (block[c], (-p[[a, c]] / p[[c, c]]) as f32))
                         .filter(|(_, v)| *v != 0.0)
                         .collect();
-                    if r.len() > keep {
-                        r.select_nth_unstable_by(keep, |x, y| y.1.abs().total_cmp(&x.1.abs()).then(x.0.cmp(&y.0)));
-                        r.truncate(keep);
-                    }
+                    keep_strongest(&mut r, keep);
                     r.sort_unstable_by_key(|&(j, _)| j);
                     (i, r)
                 })
