@@ -128,9 +128,7 @@ impl Aggregates {
                 customer_returns[c as usize] += 1.0;
             }
         }
-        let mut gram_items: Vec<ItemIx> = (0..n_items as ItemIx).filter(|&i| item_orders[i as usize] > 0.0).collect();
-        gram_items.sort_by(|&a, &b| item_orders[b as usize].total_cmp(&item_orders[a as usize]).then(a.cmp(&b)));
-        gram_items.truncate(cfg.gram_items);
+        let gram_items = gram_items(&item_orders, cfg.gram_items);
         let mut gram_pos = vec![u32::MAX; n_items];
         for (a, &i) in gram_items.iter().enumerate() {
             gram_pos[i as usize] = a as u32;
@@ -154,15 +152,11 @@ impl Aggregates {
                             }
                         }
                     }
-                    let mut row: Vec<(u32, f32)> = touched.iter().map(|&j| (j, acc[j as usize])).collect();
+                    let row: Vec<(u32, f32)> = touched.iter().map(|&j| (j, acc[j as usize])).collect();
                     for &j in &touched {
                         acc[j as usize] = 0.0;
                     }
-                    if row.len() > max_nb {
-                        row.select_nth_unstable_by(max_nb, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-                        row.truncate(max_nb);
-                    }
-                    row
+                    strongest(row, max_nb)
                 },
             )
             .collect();
@@ -224,6 +218,35 @@ impl Aggregates {
     }
 }
 
+/// The `k` strongest entries of a co-purchase row (ties by index), in no particular order.
+pub fn strongest(mut row: Vec<(u32, f32)>, k: usize) -> Vec<(u32, f32)> {
+    if row.len() > k {
+        row.select_nth_unstable_by(k, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        row.truncate(k);
+    }
+    row
+}
+
+/// The Gram's items: the `k` most-bought items (bought at least once; ties by index), most
+/// bought first.
+pub fn gram_items(item_orders: &[f32], k: usize) -> Vec<ItemIx> {
+    let mut items: Vec<ItemIx> = (0..item_orders.len() as ItemIx).filter(|&i| item_orders[i as usize] > 0.0).collect();
+    items.sort_by(|&a, &b| item_orders[b as usize].total_cmp(&item_orders[a as usize]).then(a.cmp(&b)));
+    items.truncate(k);
+    items
+}
+
+/// The `max_pairs` most co-bought pairs of Gram items, as Gram positions `(a, b)` with `a < b`
+/// (bought together at least twice; ties by position), most co-bought first.
+pub fn gram_pairs(gram: &Array2<f32>, max_pairs: usize) -> Vec<(u32, u32)> {
+    let m = gram.nrows();
+    // pair (a, b) is entry a·m + b of the Gram, so ties go to the lower positions
+    crate::top_k(m * m, max_pairs, |e| gram[[e / m, e % m]], |e| e / m < e % m && gram[[e / m, e % m]] >= 2.0)
+        .into_iter()
+        .map(|e| ((e / m) as u32, (e % m) as u32))
+        .collect()
+}
+
 /// Adds one order's Gram items (`gram_pos` of each item, `u32::MAX` when not covered) to a
 /// Gram row.
 fn count_gram_items(row: &mut ndarray::ArrayViewMut1<'_, f32>, items: &[ItemIx], gram_pos: &[u32]) {
@@ -252,11 +275,7 @@ fn pair_counts(
     if max_pairs == 0 || m < 2 {
         return (Vec::new(), Array2::zeros((0, m)));
     }
-    // pair (a, b) is entry a·m + b of the Gram, so ties go to the lower positions
-    let pairs: Vec<(u32, u32)> = crate::top_k(m * m, max_pairs, |e| gram[[e / m, e % m]], |e| e / m < e % m && gram[[e / m, e % m]] >= 2.0)
-        .into_iter()
-        .map(|e| ((e / m) as u32, (e % m) as u32))
-        .collect();
+    let pairs = gram_pairs(gram, max_pairs);
     let n_pairs = pairs.len();
     // orders (positions in `orders`) holding each pair: the two items' order lists (ascending,
     // an order's items are distinct) intersected

@@ -467,6 +467,11 @@ impl CrossSellModel {
         &self.parts
     }
 
+    /// The stored parts, by value (the lookup tables are dropped).
+    pub fn into_parts(self) -> ModelParts {
+        self.parts
+    }
+
     /// Number of catalog items.
     pub fn n_items(&self) -> usize {
         self.parts.items.ids.len()

@@ -16,7 +16,7 @@ pub mod tables;
 mod write;
 
 pub use error::{DataError, Result};
-pub use read::{ColumnMap, Field, list_inputs, read_log, read_log_with};
+pub use read::{ColumnMap, Field, FilePlan, Source, list_inputs, read_log, read_log_with};
 pub use write::{BatchWriter, RawLine, write_lines};
 
 #[cfg(test)]

@@ -74,7 +74,8 @@ impl Field {
         matches!(self, Field::OrderId | Field::ItemId)
     }
 
-    fn target(self) -> (DataType, &'static str) {
+    /// The canonical type the field is read as, and how to describe what is accepted.
+    pub fn target(self) -> (DataType, &'static str) {
         match self {
             Field::OrderId | Field::CustomerId | Field::ItemId | Field::ItemName | Field::Category => {
                 (DataType::Utf8, "a string or integer id")
@@ -244,74 +245,121 @@ pub fn read_log_with(spec: &str, columns: &ColumnMap, progress: &mut dyn FnMut(u
     builder.finish().map_err(|source| DataError::Empty { spec: spec.into(), source })
 }
 
-/// Where each field's values come from in one file.
-enum Source {
-    Column(usize),
+/// Where a canonical field's values come from in one file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A column of the file: its position among the file's columns, its name and type.
+    Column {
+        /// Position in the file's schema.
+        index: usize,
+        /// The column's name in the file.
+        name: String,
+        /// The column's type in the file (castable to the field's canonical type).
+        found: DataType,
+    },
+    /// A hive partition value (`order_id=…` in the path) for every line of the file.
     Constant(String),
+    /// Not in the file (optional fields only).
     Absent,
+}
+
+/// How one parquet file's columns map to the canonical fields: one [`Source`] per
+/// [`Field::ALL`] entry, checked against the schema (a missing required column, a column
+/// named twice or a type that cannot be read is an error naming the file and the column).
+/// The in-memory reader and the query engine both read files through it.
+#[derive(Debug, Clone)]
+pub struct FilePlan {
+    /// The file.
+    pub path: PathBuf,
+    /// Per canonical field, in [`Field::ALL`] order.
+    pub sources: Vec<Source>,
+}
+
+impl Source {
+    /// The column's position in the file, when the values come from one.
+    pub fn file_index(&self) -> Option<usize> {
+        match self {
+            Source::Column { index, .. } => Some(*index),
+            _ => None,
+        }
+    }
+}
+
+impl FilePlan {
+    /// Checks `path`'s schema (from its footer only) against `columns`.
+    pub fn new(path: &Path, columns: &ColumnMap) -> Result<Self> {
+        let pq = |source| DataError::Parquet { path: path.to_path_buf(), source };
+        let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?;
+        Self::from_schema(path, reader.schema(), columns)
+    }
+
+    fn from_schema(path: &Path, schema: &arrow_schema::Schema, columns: &ColumnMap) -> Result<Self> {
+        let partitions = partition_values(path);
+        let mut sources: Vec<Source> = Vec::new();
+        for field in Field::ALL {
+            let name = columns.name(field);
+            let copies = schema.fields().iter().filter(|f| f.name() == name).count();
+            if copies > 1 {
+                return Err(DataError::BadTable {
+                    path: path.into(),
+                    reason: format!("column '{name}' appears {copies} times; give each column its own name"),
+                });
+            }
+            match schema.index_of(name) {
+                Ok(ix) => {
+                    let found = schema.field(ix).data_type();
+                    let (target, expected) = field.target();
+                    let castable = match field {
+                        // every type casts to a string in arrow, but lists or structs make no id
+                        Field::OrderId | Field::CustomerId | Field::ItemId | Field::ItemName | Field::Category => {
+                            !found.is_nested() && can_cast_types(found, &target)
+                        }
+                        Field::Quantity | Field::UnitPrice => found.is_numeric() || found.is_null(),
+                        Field::Ts => matches!(
+                            found,
+                            DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 | DataType::Int64 | DataType::Null
+                        ),
+                        Field::IsReturn => matches!(found, DataType::Boolean | DataType::Null),
+                    };
+                    if !castable {
+                        return Err(DataError::WrongType { path: path.into(), column: name.into(), found: found.to_string(), expected });
+                    }
+                    sources.push(Source::Column { index: ix, name: name.into(), found: found.clone() });
+                }
+                Err(_) => match partitions.iter().find(|(k, _)| k == name) {
+                    Some((_, v)) if matches!(field.target().0, DataType::Utf8) => sources.push(Source::Constant(v.clone())),
+                    _ if field.required() => {
+                        return Err(DataError::MissingColumn {
+                            path: path.into(),
+                            column: name.into(),
+                            hint: format!("the {} column; map another name with --column {}=NAME", field.canonical(), field.canonical()),
+                            available: schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", "),
+                        });
+                    }
+                    _ => sources.push(Source::Absent),
+                },
+            }
+        }
+        Ok(FilePlan { path: path.into(), sources })
+    }
 }
 
 fn read_file(path: &Path, columns: &ColumnMap, builder: &mut LogBuilder, progress: &mut dyn FnMut(u64)) -> Result<()> {
     let pq = |source| DataError::Parquet { path: path.to_path_buf(), source };
     let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?;
-    let schema = reader.schema().clone();
-    let partitions = partition_values(path);
-    let mut roots = Vec::new();
-    let mut sources: Vec<Source> = Vec::new();
-    for field in Field::ALL {
-        let name = columns.name(field);
-        let copies = schema.fields().iter().filter(|f| f.name() == name).count();
-        if copies > 1 {
-            return Err(DataError::BadTable {
-                path: path.into(),
-                reason: format!("column '{name}' appears {copies} times; give each column its own name"),
-            });
-        }
-        match schema.index_of(name) {
-            Ok(ix) => {
-                let found = schema.field(ix).data_type();
-                let (target, expected) = field.target();
-                let castable = match field {
-                    // every type casts to a string in arrow, but lists or structs make no id
-                    Field::OrderId | Field::CustomerId | Field::ItemId | Field::ItemName | Field::Category => {
-                        !found.is_nested() && can_cast_types(found, &target)
-                    }
-                    Field::Quantity | Field::UnitPrice => found.is_numeric() || found.is_null(),
-                    Field::Ts => {
-                        matches!(found, DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 | DataType::Int64 | DataType::Null)
-                    }
-                    Field::IsReturn => matches!(found, DataType::Boolean | DataType::Null),
-                };
-                if !castable {
-                    return Err(DataError::WrongType { path: path.into(), column: name.into(), found: found.to_string(), expected });
-                }
-                sources.push(Source::Column(roots.len()));
-                roots.push(ix);
-            }
-            Err(_) => match partitions.iter().find(|(k, _)| k == name) {
-                Some((_, v)) if matches!(field.target().0, DataType::Utf8) => sources.push(Source::Constant(v.clone())),
-                _ if field.required() => {
-                    return Err(DataError::MissingColumn {
-                        path: path.into(),
-                        column: name.into(),
-                        hint: format!("the {} column; map another name with --column {}=NAME", field.canonical(), field.canonical()),
-                        available: schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", "),
-                    });
-                }
-                _ => sources.push(Source::Absent),
-            },
-        }
-    }
-    // Projected batches keep the file's column order: map root positions to batch positions.
-    let mut sorted = roots.clone();
+    let plan = FilePlan::from_schema(path, reader.schema(), columns)?;
+    // projected batches keep the file's column order: each field's position in them
+    let mut sorted: Vec<usize> = plan.sources.iter().filter_map(Source::file_index).collect();
     sorted.sort_unstable();
-    let batch_pos: Vec<usize> = roots.iter().map(|r| sorted.binary_search(r).expect("root is present")).collect();
+    let batch_pos: Vec<Option<usize>> =
+        plan.sources.iter().map(|s| s.file_index().map(|ix| sorted.binary_search(&ix).expect("read column"))).collect();
     let mask = ProjectionMask::roots(reader.parquet_schema(), sorted.iter().copied());
     let batches = reader.with_projection(mask).with_batch_size(8192).build().map_err(pq)?;
     for batch in batches {
         let batch = batch.map_err(|e| pq(e.into()))?;
-        let cols = Columns::new(path, &batch, &sources, &batch_pos, columns)?;
+        let cols = Columns::new(path, &batch, &plan.sources, &batch_pos, columns)?;
         cols.check_ids(path, columns)?;
         for row in 0..batch.num_rows() {
             builder.push(cols.line(row));
@@ -350,11 +398,11 @@ enum StrCol {
 }
 
 impl Columns {
-    fn new(path: &Path, batch: &RecordBatch, sources: &[Source], batch_pos: &[usize], names: &ColumnMap) -> Result<Self> {
+    fn new(path: &Path, batch: &RecordBatch, sources: &[Source], batch_pos: &[Option<usize>], names: &ColumnMap) -> Result<Self> {
         let opts = CastOptions { safe: false, ..Default::default() };
         let get = |field: Field| -> Result<Option<ArrayRef>> {
-            let Source::Column(k) = sources[field as usize] else { return Ok(None) };
-            let array = batch.column(batch_pos[k]);
+            let Some(k) = batch_pos[field as usize] else { return Ok(None) };
+            let array = batch.column(k);
             let target = match (field, array.data_type()) {
                 // epoch-ms integers are taken as they are
                 (Field::Ts, DataType::Int64) => return Ok(Some(array.clone())),

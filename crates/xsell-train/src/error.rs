@@ -21,6 +21,9 @@ pub enum TrainError {
     /// A numeric step outside burn failed (linfa's k-means).
     #[error("{0}")]
     Numeric(String),
+    /// The aggregate pass failed where it runs (a query engine).
+    #[error("{0}")]
+    Counts(String),
     /// burn failed to hand back a tensor.
     #[error("tensor read-back failed: {0}")]
     Tensor(String),

@@ -32,5 +32,8 @@ mod ranking;
 pub use config::{TrainConfig, ValidTrainConfig};
 pub use error::{Result, TrainError};
 pub use peer::EasePeer;
-pub use pipeline::{DiscoveryReport, Fitted, LatentSubstituteReport, PhaseTime, TrainReport, ValidationMetrics, train};
+pub use pipeline::{
+    Counts, DiscoveryReport, Fitted, LatentSubstituteReport, LogCounts, PhaseTime, TrainInput, TrainReport, ValidationMetrics, train,
+    train_from,
+};
 pub use progress::{NoProgress, Progress};

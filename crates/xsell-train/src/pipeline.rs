@@ -384,6 +384,51 @@ fn fit_tail(
     Ok((tail_items, trial))
 }
 
+/// Where the pipeline's counts come from: the heavy pass over the training orders, in process
+/// ([`LogCounts`]) or on a query engine (`xsell-engine`).
+pub trait Counts {
+    /// The aggregates over the oldest `n` training orders, counting the return signals before
+    /// `cutoff_ts` (all of them when `None`), in the index space of [`TrainInput::log`].
+    fn aggregates(&self, n: usize, cutoff_ts: Option<i64>, cfg: &AggregateConfig) -> Result<Aggregates>;
+    /// The time of the training order at position `pos` (oldest first).
+    fn order_ts(&self, pos: usize) -> Result<Option<i64>>;
+}
+
+/// The in-process pass over a log held in memory.
+#[derive(Debug, Clone, Copy)]
+pub struct LogCounts<'a> {
+    /// The log.
+    pub log: &'a OrderLog,
+    /// The training orders (indices into `log.orders`, oldest first).
+    pub orders: &'a [usize],
+}
+
+impl Counts for LogCounts<'_> {
+    fn aggregates(&self, n: usize, cutoff_ts: Option<i64>, cfg: &AggregateConfig) -> Result<Aggregates> {
+        Ok(Aggregates::compute(self.log, &self.orders[..n], cutoff_ts, cfg))
+    }
+    fn order_ts(&self, pos: usize) -> Result<Option<i64>> {
+        Ok(self.orders.get(pos).and_then(|&o| self.log.orders[o].ts))
+    }
+}
+
+/// What the pipeline trains from.
+pub struct TrainInput<'a> {
+    /// The catalog and the customers of the whole log, and the orders held in memory.
+    pub log: &'a OrderLog,
+    /// Training orders, in all.
+    pub n_orders: usize,
+    /// The newest training orders held in memory (indices into `log.orders`, oldest first):
+    /// the orders at positions `n_orders − newest.len()..`. The ranker's queries are drawn from
+    /// those of them in the validation slice; every training order for an in-memory log, a
+    /// bounded sample of the newest for an engine.
+    pub newest: &'a [usize],
+    /// Return signals at or after this time are ignored.
+    pub cutoff_ts: Option<i64>,
+    /// The aggregate pass.
+    pub counts: &'a dyn Counts,
+}
+
 /// Trains a model on `orders` (indices into `log.orders`, oldest first); return signals at or
 /// after `cutoff_ts` are ignored.
 pub fn train(
@@ -393,7 +438,15 @@ pub fn train(
     cfg: &ValidTrainConfig,
     progress: &mut dyn Progress,
 ) -> Result<Fitted> {
-    if orders.is_empty() {
+    let counts = LogCounts { log, orders };
+    train_from(&TrainInput { log, n_orders: orders.len(), newest: orders, cutoff_ts, counts: &counts }, cfg, progress)
+}
+
+/// Trains a model on `input`: the aggregates come from `input.counts`, the ranker's queries
+/// from the newest orders held in memory.
+pub fn train_from(input: &TrainInput<'_>, cfg: &ValidTrainConfig, progress: &mut dyn Progress) -> Result<Fitted> {
+    let TrainInput { log, n_orders, newest, cutoff_ts, counts } = *input;
+    if n_orders == 0 {
         return Err(TrainError::NotEnoughData("no training order".into()));
     }
     let agg_cfg = AggregateConfig {
@@ -403,16 +456,16 @@ pub fn train(
         recent_fraction: cfg.recent_fraction,
         max_order_items: cfg.max_order_items,
     };
-    let mut report = TrainReport { orders: orders.len(), ..Default::default() };
+    let mut report = TrainReport { orders: n_orders, ..Default::default() };
     let mut timer = Timer { phases: &mut report.phases, start: Instant::now() };
 
-    let n_valid = (orders.len() as f64 * cfg.validation_fraction).round() as usize;
-    let (base, valid) = orders.split_at(orders.len() - n_valid);
-    let base_cut = valid.first().and_then(|&o| log.orders[o].ts).or(cutoff_ts);
-    let fit_ranker_now = !valid.is_empty() && !base.is_empty();
-    let (base, base_cut) = if fit_ranker_now { (base, base_cut) } else { (orders, cutoff_ts) };
+    let n_valid = (n_orders as f64 * cfg.validation_fraction).round() as usize;
+    let n_base = n_orders - n_valid;
+    let valid = &newest[newest.len().saturating_sub(n_valid)..];
+    let fit_ranker_now = n_valid > 0 && n_base > 0;
+    let (n_base, base_cut) = if fit_ranker_now { (n_base, counts.order_ts(n_base)?.or(cutoff_ts)) } else { (n_orders, cutoff_ts) };
     progress.start("aggregates", 1);
-    let mut base_agg = Aggregates::compute(log, base, base_cut, &agg_cfg);
+    let mut base_agg = counts.aggregates(n_base, base_cut, &agg_cfg)?;
     progress.finish();
     timer.lap("aggregates");
     let (mut parts, spaces) = build(log, &base_agg, cfg, Ranker::single(feature::COOC_MEAN), progress)?;
@@ -473,9 +526,12 @@ pub fn train(
     }
     // without a validation slice the base pass already covered every training order
     let (parts, all_agg) = if cfg.refit && fit_ranker_now {
+        // the base model and its counts are not needed past here: free them before the refit
+        // builds the final ones (each is model-sized)
+        drop((model, base_agg));
         progress.start("refit aggregates", 1);
         let gram_pairs = report.ease.as_ref().map_or(0, |e| e.pairs);
-        let mut agg = Aggregates::compute(log, orders, cutoff_ts, &AggregateConfig { gram_pairs, ..agg_cfg });
+        let mut agg = counts.aggregates(n_orders, cutoff_ts, &AggregateConfig { gram_pairs, ..agg_cfg })?;
         progress.finish();
         let (mut parts, spaces) = build(log, &agg, cfg, ranker, progress)?;
         // the relative λs carry over (the Gram's scale grows with the orders), and so does the
@@ -502,6 +558,6 @@ pub fn train(
     report.customers = parts.customers.ids.len();
     report.validation = validation;
     // validates the final parts once, so a bad model fails here and not in the server
-    CrossSellModel::new(parts.clone())?;
+    let parts = CrossSellModel::new(parts)?.into_parts();
     Ok(Fitted { parts, report, aggregates: all_agg, ablations })
 }
