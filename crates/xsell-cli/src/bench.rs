@@ -34,6 +34,12 @@ pub struct BenchArgs {
     /// Rank with this candidate budget instead of the bundle's.
     #[arg(long)]
     budget: Option<usize>,
+    /// Time only the aggregate pass over --orders, in process and on DataFusion, in the same
+    /// run (lines/s), instead of training.
+    #[arg(long, requires = "orders")]
+    aggregate_pass: bool,
+    #[command(flatten)]
+    engine: crate::train::EngineArgs,
 }
 
 /// The queries of a JSON-lines file (`xsell eval --queries-out`) as ranking requests.
@@ -86,8 +92,57 @@ pub fn peak_rss_mib_of(pid: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// The aggregate pass over every order of `spec` (the trainer's settings), in process and on
+/// DataFusion: wall time and lines per second of each, reading included.
+fn aggregate_pass(a: &BenchArgs, spec: &str) -> anyhow::Result<()> {
+    let cfg = a.common.train_config()?;
+    let columns = a.common.column_map()?;
+    let agg_cfg = xsell_core::aggregate::AggregateConfig {
+        max_neighbours: cfg.max_neighbours,
+        gram_items: cfg.ease_items,
+        gram_pairs: cfg.ease_pairs,
+        recent_fraction: cfg.recent_fraction,
+        max_order_items: cfg.max_order_items,
+    };
+    let start = Instant::now();
+    let engine = a.engine.open(spec, &columns)?;
+    let open = start.elapsed().as_secs_f64();
+    let agg = engine.aggregates(engine.n_orders(), None, &agg_cfg)?;
+    let engine_secs = start.elapsed().as_secs_f64();
+    let lines = engine.counts.lines as f64;
+    let work = engine.work_bytes();
+    drop((engine, agg));
+    outln!(
+        "bench aggregate pass, datafusion: {lines} lines in {engine_secs:.2}s (materialise {open:.2}s, count {:.2}s): {:.0} lines/s; work dir {}; memory limit {}",
+        engine_secs - open,
+        lines / engine_secs,
+        xsell_engine::format_size(work),
+        xsell_engine::format_size(a.engine.memory_limit.unwrap_or_else(xsell_engine::default_memory_limit)),
+    );
+    let start = Instant::now();
+    let (log, _) = read_input(spec, &columns)?;
+    let read = start.elapsed().as_secs_f64();
+    let chrono = xsell_core::protocol::chronological(&log);
+    std::hint::black_box(xsell_core::Aggregates::compute(&log, &chrono, None, &agg_cfg));
+    let mem_secs = start.elapsed().as_secs_f64();
+    outln!(
+        "bench aggregate pass, in process: {lines} lines in {mem_secs:.2}s (read {read:.2}s, count {:.2}s): {:.0} lines/s",
+        mem_secs - read,
+        lines / mem_secs
+    );
+    outln!(
+        "bench aggregate pass: datafusion / in process throughput = {:.2}; peak RSS {:.0} MiB",
+        mem_secs / engine_secs,
+        peak_rss_mib().unwrap_or(f64::NAN)
+    );
+    Ok(())
+}
+
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let model_dir = a.models.join(&a.name);
+    if let (true, Some(orders)) = (a.aggregate_pass, &a.orders) {
+        return aggregate_pass(&a, orders);
+    }
     if let Some(orders) = &a.orders {
         let cfg = a.common.train_config()?;
         let start = Instant::now();

@@ -28,7 +28,75 @@ pub struct TrainArgs {
     /// Model name (a directory under --models).
     #[arg(long, default_value = "default")]
     pub name: String,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
+
+/// Where the aggregate pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum EngineKind {
+    /// In process: the cleaned log is held in memory.
+    #[default]
+    Memory,
+    /// DataFusion, out of core: the log is materialised once in --work-dir and counted within
+    /// --memory-limit, spilling beyond it; only the newest orders (the ranker's queries) are
+    /// held in memory.
+    Datafusion,
+}
+
+/// The engine flags of `train` and `bench`.
+#[derive(Debug, Args, Default, Clone)]
+pub struct EngineArgs {
+    /// Where the aggregate pass runs.
+    #[arg(long, value_enum, default_value_t = EngineKind::Memory)]
+    pub engine: EngineKind,
+    /// Memory the engine's operators may hold (e.g. 1GB, 512MiB); beyond it they spill to
+    /// --work-dir. Default: a quarter of the machine's memory.
+    #[arg(long, value_parser = xsell_engine::parse_size)]
+    pub memory_limit: Option<u64>,
+    /// Where the engine writes its tables and spill files (a temporary directory inside it,
+    /// removed afterwards). Default: the system's temporary directory.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+}
+
+impl EngineArgs {
+    /// Opens `spec` on DataFusion with these settings.
+    pub fn open(&self, spec: &str, columns: &ColumnMap) -> anyhow::Result<xsell_engine::Engine> {
+        let cfg = xsell_engine::EngineConfig {
+            memory_limit: self.memory_limit.unwrap_or_else(xsell_engine::default_memory_limit),
+            work_dir: self.work_dir.clone(),
+            partitions: 0,
+        };
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message(format!("materialising the log in the engine (memory limit {})", xsell_engine::format_size(cfg.memory_limit)));
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        let engine = xsell_engine::Engine::open(spec, columns, &cfg);
+        bar.finish_and_clear();
+        Ok(engine?)
+    }
+}
+
+/// The aggregate pass on the engine, for the trainer.
+pub struct EngineCounts<'a>(pub &'a xsell_engine::Engine);
+
+impl xsell_train::Counts for EngineCounts<'_> {
+    fn aggregates(
+        &self,
+        n: usize,
+        cutoff_ts: Option<i64>,
+        cfg: &xsell_core::aggregate::AggregateConfig,
+    ) -> xsell_train::Result<xsell_core::Aggregates> {
+        self.0.aggregates(n, cutoff_ts, cfg).map_err(|e| xsell_train::TrainError::Counts(e.to_string()))
+    }
+    fn order_ts(&self, pos: usize) -> xsell_train::Result<Option<i64>> {
+        self.0.order_ts(pos).map_err(|e| xsell_train::TrainError::Counts(e.to_string()))
+    }
+}
+
+/// The newest orders the engine path holds in memory, per ranker query wanted: the ranker's
+/// queries are drawn from them (a bounded sample of the validation slice).
+const HELD_ORDERS_PER_QUERY: usize = 20;
 
 /// Input and hyperparameter flags shared by `train`, `eval` and `bench`.
 #[derive(Debug, Args, Default, Clone)]
@@ -78,6 +146,25 @@ impl CommonTrain {
 
 /// Reads a log with a spinner and returns it with the input's sha256.
 pub fn read_input(spec: &str, columns: &ColumnMap) -> anyhow::Result<(xsell_core::OrderLog, String)> {
+    let sha = input_sha(spec)?;
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message("reading order lines");
+    let log = xsell_data::read_log_with(spec, columns, &mut |n| bar.set_message(format!("read {n} order lines")))?;
+    bar.finish_and_clear();
+    tracing::info!(
+        lines = log.lines_read,
+        orders = log.orders.len(),
+        items = log.catalog.len(),
+        customers = log.customers.len(),
+        returns = log.returns.len(),
+        "order log read"
+    );
+    Ok((log, sha))
+}
+
+/// The sha256 of the input's files, in listing order (the sample log is generated first when
+/// it is the input and missing).
+pub fn input_sha(spec: &str) -> anyhow::Result<String> {
     if spec == SAMPLE && !Path::new(SAMPLE).exists() {
         let (lines, _) = xsell_data::generate::generate(&Default::default());
         xsell_data::write_lines(Path::new(SAMPLE), &lines)?;
@@ -96,21 +183,7 @@ pub fn read_input(spec: &str, columns: &ColumnMap) -> anyhow::Result<(xsell_core
             hasher.update(&buf[..n]);
         }
     }
-    let sha = format!("{:x}", hasher.finalize());
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_message("reading order lines");
-    let log = xsell_data::read_log_with(spec, columns, &mut |n| bar.set_message(format!("read {n} order lines")))?;
-    bar.finish_and_clear();
-    tracing::info!(
-        files = files.len(),
-        lines = log.lines_read,
-        orders = log.orders.len(),
-        items = log.catalog.len(),
-        customers = log.customers.len(),
-        returns = log.returns.len(),
-        "order log read"
-    );
-    Ok((log, sha))
+    Ok(format!("{:x}", hasher.finalize()))
 }
 
 pub fn manifest(
@@ -134,10 +207,41 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let cfg = a.common.train_config()?;
     let dir = a.models.join(&a.name);
     xsell_model::check_writable(&dir).with_context(|| format!("the bundle cannot be written under {}", dir.display()))?;
-    let (log, sha) = read_input(&a.orders, &a.common.column_map()?)?;
-    let read_secs = start.elapsed().as_secs_f64();
-    let orders = xsell_core::protocol::chronological(&log);
-    let fitted = xsell_train::train(&log, &orders, None, &cfg, &mut Bars::default())?;
+    let columns = a.common.column_map()?;
+    let (log, sha, fitted, read_secs) = match a.engine.engine {
+        EngineKind::Memory => {
+            let (log, sha) = read_input(&a.orders, &columns)?;
+            let read_secs = start.elapsed().as_secs_f64();
+            let orders = xsell_core::protocol::chronological(&log);
+            let fitted = xsell_train::train(&log, &orders, None, &cfg, &mut Bars::default())?;
+            (log, sha, fitted, read_secs)
+        }
+        EngineKind::Datafusion => {
+            let sha = input_sha(&a.orders)?;
+            let engine = a.engine.open(&a.orders, &columns)?;
+            let n = engine.n_orders();
+            let n_valid = (n as f64 * cfg.validation_fraction).round() as usize;
+            let (log, _) = engine.newest_orders(n - n_valid, cfg.ranker_queries.saturating_mul(HELD_ORDERS_PER_QUERY))?;
+            let read_secs = start.elapsed().as_secs_f64();
+            outln!(
+                "engine: {} lines ({} orders) materialised in {read_secs:.1}s within a {} memory limit; peak RSS so far {:.0} MiB",
+                engine.counts.lines,
+                n,
+                xsell_engine::format_size(a.engine.memory_limit.unwrap_or_else(xsell_engine::default_memory_limit)),
+                crate::bench::peak_rss_mib_of("self").unwrap_or(f64::NAN)
+            );
+            let newest: Vec<usize> = (0..log.orders.len()).collect();
+            let input =
+                xsell_train::TrainInput { log: &log, n_orders: n, newest: &newest, cutoff_ts: None, counts: &EngineCounts(&engine) };
+            let fitted = xsell_train::train_from(&input, &cfg, &mut Bars::default())?;
+            outln!(
+                "engine: work directory {} at the end; peak RSS after the aggregate passes and fitting {:.0} MiB",
+                xsell_engine::format_size(engine.work_bytes()),
+                crate::bench::peak_rss_mib_of("self").unwrap_or(f64::NAN)
+            );
+            (log, sha, fitted, read_secs)
+        }
+    };
     let path = xsell_model::save(&dir, manifest(&a.name, &a.orders, &sha, &log, &cfg, &fitted), &fitted.parts)
         .with_context(|| format!("writing the bundle under {}", dir.display()))?;
     print_summary(&fitted.report, read_secs, start.elapsed().as_secs_f64());

@@ -28,6 +28,7 @@ fn bad_settings_are_one_line_errors_naming_the_setting() {
         (vec!["train", "--models", blocker.to_str().unwrap()], "cannot be written"),
         (vec!["train", "--column", "customer_id=order_id"], "customer_id"),
         (vec!["serve", "--max-in-flight", "0"], "max_in_flight"),
+        (vec!["train", "--engine", "datafusion", "--memory-limit", "1MB"], "--memory-limit"),
     ] {
         let out = xsell().args(&args).current_dir(dir.path()).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -93,4 +94,49 @@ fn batch_writes_a_campaign_for_every_customer() {
     let out = xsell().args(["batch", "--name", "m", "--touchpoint", "shelf"]).current_dir(dir.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown touchpoint"));
+}
+
+/// `xsell train --engine datafusion`: the aggregate pass out of core, the bundle as usable as the
+/// in-process one's (same catalog, a ranker kept by validation, loads and ranks).
+#[test]
+fn training_on_the_engine_writes_a_working_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = xsell().args(args).current_dir(dir.path()).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["generate", "--out", "o.parquet", "--orders", "1500", "--customers", "60"]);
+    std::fs::write(dir.path().join("hp.json"), r#"{"dim": 8, "max_steps": 100, "ranker_epochs": 5, "ranker_hidden": 0}"#).unwrap();
+    let said = run(&[
+        "train",
+        "--orders",
+        "o.parquet",
+        "--config",
+        "hp.json",
+        "--name",
+        "df",
+        "--engine",
+        "datafusion",
+        "--memory-limit",
+        "64MB",
+        "--work-dir",
+        "work",
+    ]);
+    assert!(said.contains("validation on") && said.contains("model bundle:"), "{said}");
+    run(&["train", "--orders", "o.parquet", "--config", "hp.json", "--name", "mem"]);
+    let df = xsell_model::load_latest(&dir.path().join("models/df")).unwrap();
+    let mem = xsell_model::load_latest(&dir.path().join("models/mem")).unwrap();
+    let sorted = |ids: &[String]| {
+        let mut v = ids.to_vec();
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(&df.model.parts().items.ids), sorted(&mem.model.parts().items.ids));
+    assert_eq!(df.model.parts().customers.ids.len(), mem.model.parts().customers.ids.len());
+    let basket = vec![df.model.parts().items.ids[0].clone()];
+    let ranked = df.model.rank(&xsell_core::RankQuery { basket, k: 5, ..Default::default() }).unwrap();
+    assert_eq!(ranked.items.len(), 5);
+    // the work directory is cleaned up
+    assert_eq!(std::fs::read_dir(dir.path().join("work")).unwrap().count(), 0);
 }

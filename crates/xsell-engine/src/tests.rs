@@ -1,0 +1,147 @@
+use std::path::Path;
+
+use xsell_core::aggregate::AggregateConfig;
+use xsell_core::{Aggregates, OrderLog};
+use xsell_data::generate::{GenerateConfig, generate};
+use xsell_data::{ColumnMap, RawLine, write_lines};
+
+use crate::{Engine, EngineConfig, EngineError, parse_size};
+
+fn small_engine_config(dir: &Path) -> EngineConfig {
+    EngineConfig { memory_limit: 64 << 20, work_dir: Some(dir.to_path_buf()), partitions: 2 }
+}
+
+/// `log` renumbered as the engine numbers it: items and customers in id order.
+fn in_engine_order(log: &OrderLog) -> OrderLog {
+    let mut items: Vec<usize> = (0..log.catalog.len()).collect();
+    items.sort_by(|&a, &b| log.catalog.ids[a].cmp(&log.catalog.ids[b]));
+    let mut item_ix = vec![0u32; items.len()];
+    for (new, &old) in items.iter().enumerate() {
+        item_ix[old] = new as u32;
+    }
+    let mut customers: Vec<usize> = (0..log.customers.len()).collect();
+    customers.sort_by(|&a, &b| log.customers[a].cmp(&log.customers[b]));
+    let mut cust_ix = vec![0u32; customers.len()];
+    for (new, &old) in customers.iter().enumerate() {
+        cust_ix[old] = new as u32;
+    }
+    let mut out = log.clone();
+    let pick = |v: &Vec<_>| items.iter().map(|&i| v[i]).collect::<Vec<_>>();
+    out.catalog.ids = items.iter().map(|&i| log.catalog.ids[i].clone()).collect();
+    out.catalog.names = items.iter().map(|&i| log.catalog.names[i].clone()).collect();
+    out.catalog.categories = items.iter().map(|&i| log.catalog.categories[i].clone()).collect();
+    out.catalog.prices = pick(&log.catalog.prices);
+    out.customers = customers.iter().map(|&c| log.customers[c].clone()).collect();
+    for o in &mut out.orders {
+        o.customer = o.customer.map(|c| cust_ix[c as usize]);
+        for i in &mut o.items {
+            *i = item_ix[*i as usize];
+        }
+    }
+    for r in &mut out.returns {
+        r.customer = r.customer.map(|c| cust_ix[c as usize]);
+        r.item = item_ix[r.item as usize];
+    }
+    out
+}
+
+fn assert_same(a: &Aggregates, b: &Aggregates) {
+    assert_eq!(a.n_orders, b.n_orders);
+    assert_eq!(a.n_recent, b.n_recent);
+    assert_eq!(a.item_orders, b.item_orders, "item orders");
+    assert_eq!(a.item_recent_orders, b.item_recent_orders, "recent item orders");
+    assert_eq!(a.item_returns, b.item_returns, "item returns");
+    assert_eq!(a.customer_orders, b.customer_orders, "customer orders");
+    assert_eq!(a.customer_lines, b.customer_lines, "customer lines");
+    assert_eq!(a.customer_returns, b.customer_returns, "customer returns");
+    assert_eq!(a.pairs, b.pairs, "co-purchase pairs");
+    assert_eq!(a.history, b.history, "history");
+    assert_eq!(a.since, b.since, "orders since");
+    assert_eq!(a.gram_items, b.gram_items, "Gram items");
+    assert_eq!(a.gram, b.gram, "Gram");
+    assert_eq!(a.gram_pairs, b.gram_pairs, "Gram pairs");
+    assert_eq!(a.pair_gram, b.pair_gram, "pair Gram rows");
+}
+
+/// A generated log written as two files of a hive-partitioned directory.
+fn generated_dir(dir: &Path) -> Vec<RawLine> {
+    let (lines, _) = generate(&GenerateConfig { orders: 3_000, customers: 300, ..Default::default() });
+    let (a, b): (Vec<RawLine>, Vec<RawLine>) = lines.iter().cloned().partition(|l| l.order_id.len() % 2 == 0);
+    for (part, ls) in [("part=a", a), ("part=b", b)] {
+        std::fs::create_dir_all(dir.join(part)).unwrap();
+        write_lines(&dir.join(part).join("lines.parquet"), &ls).unwrap();
+    }
+    lines
+}
+
+#[test]
+fn the_engine_counts_what_the_in_memory_pass_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("log");
+    generated_dir(&input);
+    let spec = input.to_string_lossy().into_owned();
+    let log = in_engine_order(&xsell_data::read_log(&spec).unwrap());
+    let engine = Engine::open(&spec, &ColumnMap::default(), &small_engine_config(tmp.path())).unwrap();
+    assert_eq!(engine.catalog.ids, log.catalog.ids);
+    assert_eq!(engine.catalog.categories, log.catalog.categories);
+    assert_eq!(engine.customers, log.customers);
+    assert_eq!(engine.n_orders(), log.orders.len());
+    assert_eq!(engine.counts.lines, log.lines_read);
+    assert!(!log.returns.is_empty(), "the generated log has returns");
+
+    let chrono = xsell_core::protocol::chronological(&log);
+    // few neighbours (ties at the cut), a small order cap (some orders leave the pair counts)
+    let cfg = AggregateConfig { max_neighbours: 4, gram_items: 25, gram_pairs: 12, recent_fraction: 0.2, max_order_items: 3 };
+    for (n, cutoff) in [(chrono.len(), None), (chrono.len() * 7 / 10, log.orders[chrono[chrono.len() * 7 / 10]].ts)] {
+        let mem = Aggregates::compute(&log, &chrono[..n], cutoff, &cfg);
+        let eng = engine.aggregates(n, cutoff, &cfg).unwrap();
+        assert!(mem.gram_pairs.len() >= 6 && mem.pairs.indices.len() > 100, "the comparison covers pairs");
+        assert_same(&mem, &eng);
+    }
+
+    // the newest orders, in time order
+    let (newest, first) = engine.newest_orders(chrono.len() - 50, 20).unwrap();
+    assert_eq!(first, chrono.len() - 20);
+    assert_eq!(newest.orders.len(), 20);
+    for (k, o) in newest.orders.iter().enumerate() {
+        let want = &log.orders[chrono[first + k]];
+        let mut items = want.items.clone();
+        items.sort_unstable();
+        assert_eq!((&o.id, o.customer, o.ts, &o.items), (&want.id, want.customer, want.ts, &items));
+    }
+    assert_eq!(engine.order_ts(first).unwrap(), log.orders[chrono[first]].ts);
+}
+
+#[test]
+fn a_file_with_an_unreadable_column_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("log");
+    generated_dir(&input);
+    // a third file whose quantity is text
+    use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+    let bad = input.join("part=c").join("bad.parquet");
+    std::fs::create_dir_all(bad.parent().unwrap()).unwrap();
+    let col = |v: &str| std::sync::Arc::new(StringArray::from(vec![v])) as ArrayRef;
+    let batch = RecordBatch::try_from_iter([("order_id", col("x")), ("item_id", col("y")), ("quantity", col("two"))]).unwrap();
+    let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&bad).unwrap(), batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let err = Engine::open(&input.to_string_lossy(), &ColumnMap::default(), &small_engine_config(tmp.path())).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("bad.parquet") && msg.contains("'quantity'") && msg.contains("Utf8"), "{msg}");
+}
+
+#[test]
+fn settings_are_checked_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("log");
+    generated_dir(&input);
+    let cfg = EngineConfig { memory_limit: 1 << 20, ..small_engine_config(tmp.path()) };
+    let err = Engine::open(&input.to_string_lossy(), &ColumnMap::default(), &cfg).unwrap_err();
+    assert!(matches!(err, EngineError::BadSetting { setting: "memory limit (--memory-limit)", .. }), "{err}");
+    assert_eq!(parse_size("1GB"), Ok(1 << 30));
+    assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+    assert_eq!(parse_size("1.5k"), Ok(1536));
+    assert!(parse_size("ten").unwrap_err().contains("not a size"));
+    assert!(parse_size("3 parsecs").unwrap_err().contains("unknown unit"));
+}
