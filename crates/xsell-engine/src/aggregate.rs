@@ -14,7 +14,7 @@ use ndarray::Array2;
 use xsell_core::aggregate::{AggregateConfig, gram_items, gram_pairs};
 use xsell_core::{Aggregates, Csr};
 
-use crate::for_each_batch;
+use crate::{for_each_batch, write_table};
 
 /// Sizes of the index spaces.
 #[derive(Debug, Clone, Copy)]
@@ -150,18 +150,18 @@ pub(crate) async fn compute(
     };
     // each unordered pair is counted once (key i·2³² + j, i < j: one integer column groups
     // fastest), written to the work directory, then read in both directions in key order
-    let dir = work.join(format!("pairs-{n}"));
-    let dir = dir.to_string_lossy().into_owned() + "/";
-    ctx.sql(&format!(
-        "SELECT a.item * 4294967296 + b.item AS k, COUNT(*) AS c FROM baskets a JOIN baskets b ON a.pos = b.pos \
-         WHERE {} AND {} AND a.item < b.item GROUP BY k",
-        paired("a"),
-        paired("b"),
-    ))
-    .await?
-    .write_parquet(&dir, DataFrameWriteOptions::new(), None)
+    let dir = write_table(
+        ctx,
+        work,
+        "pc",
+        &format!(
+            "SELECT a.item * 4294967296 + b.item AS k, COUNT(*) AS c FROM baskets a JOIN baskets b ON a.pos = b.pos \
+             WHERE {} AND {} AND a.item < b.item GROUP BY k",
+            paired("a"),
+            paired("b"),
+        ),
+    )
     .await?;
-    ctx.register_parquet("pc", &dir, ParquetReadOptions::default()).await?;
     let streamed = rows(
         ctx,
         "SELECT CAST(k / 4294967296 AS BIGINT), CAST(k % 4294967296 AS BIGINT), c FROM (SELECT k, c FROM pc UNION ALL \
@@ -198,16 +198,16 @@ pub(crate) async fn compute(
         register_pairs(ctx, "sel", ["p", "ia", "ib"], &sel)?;
         // the orders holding each selected pair, written once (at most the pairs' co-purchase
         // counts), then joined with their items and with each other
-        let dir = work.join(format!("pair-orders-{n}"));
-        let dir = dir.to_string_lossy().into_owned() + "/";
-        ctx.sql(&format!(
-            "SELECT s.p, x.pos FROM sel s JOIN baskets x ON x.item = s.ia JOIN baskets y ON y.pos = x.pos AND y.item = s.ib WHERE {}",
-            paired("x")
-        ))
-        .await?
-        .write_parquet(&dir, DataFrameWriteOptions::new(), None)
+        let dir = write_table(
+            ctx,
+            work,
+            "po",
+            &format!(
+                "SELECT s.p, x.pos FROM sel s JOIN baskets x ON x.item = s.ia JOIN baskets y ON y.pos = x.pos AND y.item = s.ib WHERE {}",
+                paired("x")
+            ),
+        )
         .await?;
-        ctx.register_parquet("po", &dir, ParquetReadOptions::default()).await?;
         let counted = rows(
             ctx,
             &format!(

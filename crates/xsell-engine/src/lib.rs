@@ -347,6 +347,19 @@ fn dir_size(p: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs `sql`, writes its result as parquet files under `work/name/` and registers them as the
+/// table `name` (with the plan's schema, so an empty result is an empty table).
+pub(crate) async fn write_table(ctx: &SessionContext, work: &Path, name: &str, sql: &str) -> datafusion::error::Result<String> {
+    let start = std::time::Instant::now();
+    let dir = work.join(name).to_string_lossy().into_owned() + "/";
+    let df = ctx.sql(sql).await?;
+    let schema = df.schema().as_arrow().clone();
+    df.write_parquet(&dir, datafusion::dataframe::DataFrameWriteOptions::new(), None).await?;
+    ctx.register_parquet(name, &dir, datafusion::prelude::ParquetReadOptions::default().schema(&schema)).await?;
+    tracing::debug!(table = name, seconds = start.elapsed().as_secs_f64(), "engine table written");
+    Ok(dir)
+}
+
 /// Runs `sql` and folds every result batch into `fold`, one batch at a time.
 pub(crate) async fn for_each_batch(
     ctx: &SessionContext,

@@ -16,13 +16,12 @@ use std::path::Path;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
 use datafusion::common::ScalarValue;
-use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::error::Result;
 use datafusion::prelude::{DataFrame, Expr, ParquetReadOptions, SessionContext, cast, ident, lit};
 use xsell_core::{Catalog, Order};
 use xsell_data::{Field, FilePlan, Source};
 
-use crate::{LogCounts, for_each_batch};
+use crate::{LogCounts, for_each_batch, write_table};
 
 /// The cleaned lines: ids present and non-empty, empty customers as NULL, `ret` for a return
 /// flag or a negative quantity (a missing or NaN quantity is one unit bought, as the reader
@@ -45,12 +44,7 @@ pub(crate) async fn materialise(ctx: &SessionContext, work: &Path, plans: &[File
     let lines = all.ok_or_else(|| datafusion::error::DataFusionError::Plan("no input file".into()))?;
     ctx.register_table("lines", lines.into_view())?;
     ctx.register_table("clean", ctx.sql(CLEAN).await?.into_view())?;
-    let write = |name: &'static str, sql: String| async move {
-        let dir = work.join(name);
-        let dir = dir.to_string_lossy().into_owned() + "/";
-        ctx.sql(&sql).await?.write_parquet(&dir, DataFrameWriteOptions::new(), None).await?;
-        ctx.register_parquet(name, &dir, ParquetReadOptions::default()).await
-    };
+    let write = |name: &'static str, sql: String| async move { write_table(ctx, work, name, &sql).await.map(drop) };
     write(
         "items",
         "SELECT item_id, MIN(NULLIF(TRIM(item_name), '')) AS name, MIN(NULLIF(TRIM(category), '')) AS category, \

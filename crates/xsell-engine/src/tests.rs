@@ -145,3 +145,27 @@ fn settings_are_checked_by_name() {
     assert!(parse_size("ten").unwrap_err().contains("not a size"));
     assert!(parse_size("3 parsecs").unwrap_err().contains("unknown unit"));
 }
+
+#[test]
+fn a_log_without_returns_or_pairs_is_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("single.parquet");
+    let line = |o: &str, c: Option<&str>, i: &str, ts: i64| RawLine {
+        order_id: o.into(),
+        customer_id: c.map(Into::into),
+        item_id: i.into(),
+        quantity: 1,
+        ts: Some(ts),
+        ..Default::default()
+    };
+    write_lines(&path, &[line("2", Some("b"), "x", 20), line("1", Some("a"), "y", 10), line("10", None, "x", 20)]).unwrap();
+    let engine = Engine::open(&path.to_string_lossy(), &ColumnMap::default(), &small_engine_config(tmp.path())).unwrap();
+    assert_eq!((engine.n_orders(), engine.counts.returns, engine.catalog.len()), (3, 0, 2));
+    let cfg = AggregateConfig { gram_items: 10, gram_pairs: 4, ..Default::default() };
+    let agg = engine.aggregates(3, None, &cfg).unwrap();
+    let log = in_engine_order(&xsell_data::read_log(&path.to_string_lossy()).unwrap());
+    assert_same(&Aggregates::compute(&log, &xsell_core::protocol::chronological(&log), None, &cfg), &agg);
+    // ids order as integers: "10" after "2" at the same time
+    let (newest, _) = engine.newest_orders(0, 10).unwrap();
+    assert_eq!(newest.orders.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), ["1", "2", "10"]);
+}
