@@ -97,13 +97,7 @@ pub fn peak_rss_mib_of(pid: &str) -> Option<f64> {
 fn aggregate_pass(a: &BenchArgs, spec: &str) -> anyhow::Result<()> {
     let cfg = a.common.train_config()?;
     let columns = a.common.column_map()?;
-    let agg_cfg = xsell_core::aggregate::AggregateConfig {
-        max_neighbours: cfg.max_neighbours,
-        gram_items: cfg.ease_items,
-        gram_pairs: cfg.ease_pairs,
-        recent_fraction: cfg.recent_fraction,
-        max_order_items: cfg.max_order_items,
-    };
+    let agg_cfg = cfg.aggregate_config();
     let start = Instant::now();
     let engine = a.engine.open(spec, &columns)?;
     let open = start.elapsed().as_secs_f64();

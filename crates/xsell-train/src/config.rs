@@ -123,6 +123,20 @@ impl Default for TrainConfig {
 #[serde(transparent)]
 pub struct ValidTrainConfig(TrainConfig);
 
+impl ValidTrainConfig {
+    /// The aggregate pass's settings these hyperparameters imply (no pair Gram rows when λ is
+    /// fixed: the pairs are only chosen on validation).
+    pub fn aggregate_config(&self) -> xsell_core::aggregate::AggregateConfig {
+        xsell_core::aggregate::AggregateConfig {
+            max_neighbours: self.max_neighbours,
+            gram_items: self.ease_items,
+            gram_pairs: if self.ease_lambda > 0.0 { 0 } else { self.ease_pairs },
+            recent_fraction: self.recent_fraction,
+            max_order_items: self.max_order_items,
+        }
+    }
+}
+
 impl std::ops::Deref for ValidTrainConfig {
     type Target = TrainConfig;
     fn deref(&self) -> &TrainConfig {

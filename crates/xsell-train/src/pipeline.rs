@@ -449,13 +449,7 @@ pub fn train_from(input: &TrainInput<'_>, cfg: &ValidTrainConfig, progress: &mut
     if n_orders == 0 {
         return Err(TrainError::NotEnoughData("no training order".into()));
     }
-    let agg_cfg = AggregateConfig {
-        max_neighbours: cfg.max_neighbours,
-        gram_items: cfg.ease_items,
-        gram_pairs: if cfg.ease_lambda > 0.0 { 0 } else { cfg.ease_pairs },
-        recent_fraction: cfg.recent_fraction,
-        max_order_items: cfg.max_order_items,
-    };
+    let agg_cfg = cfg.aggregate_config();
     let mut report = TrainReport { orders: n_orders, ..Default::default() };
     let mut timer = Timer { phases: &mut report.phases, start: Instant::now() };
 
