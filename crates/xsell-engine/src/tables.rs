@@ -147,10 +147,18 @@ pub(crate) async fn counts(ctx: &SessionContext) -> Result<LogCounts> {
         Ok::<u64, datafusion::error::DataFusionError>(v as u64)
     };
     c.lines = one("SELECT COUNT(*) FROM lines").await?;
-    c.dropped = c.lines - one("SELECT COUNT(*) FROM clean").await?;
+    // kept lines and whether any has a time, in one scan of the raw files
+    let (mut kept, mut timed) = (0i64, 0i64);
+    for_each_batch(ctx, "SELECT COUNT(*), COUNT(ts) FROM clean", |b| {
+        kept += b.column(0).as_primitive::<Int64Type>().value(0);
+        timed += b.column(1).as_primitive::<Int64Type>().value(0);
+        Ok(())
+    })
+    .await?;
+    c.dropped = c.lines - kept as u64;
+    c.has_time = timed > 0;
     c.orders = one("SELECT COUNT(*) FROM orders").await?;
     c.returns = one("SELECT COUNT(*) FROM returns").await?;
-    c.has_time = one("SELECT COUNT(ts) FROM clean").await? > 0;
     Ok(c)
 }
 
