@@ -30,6 +30,12 @@ pub struct TrainArgs {
     pub name: String,
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// Fold --orders (orders all newer than the model's) into the latest bundle of --name and
+    /// refit from the counts stored with it, without rescanning its orders. The bundle's
+    /// hyperparameters and choices (rankers, EASE's λ, candidate budget) are kept; a full
+    /// retrain chooses them again.
+    #[arg(long, conflicts_with_all = ["config", "seed", "dim"])]
+    pub update: bool,
 }
 
 /// Where the aggregate pass runs.
@@ -203,6 +209,9 @@ pub fn manifest(
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
+    if a.update {
+        return update(a);
+    }
     let start = Instant::now();
     let cfg = a.common.train_config()?;
     let dir = a.models.join(&a.name);
@@ -242,10 +251,66 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             (log, sha, fitted, read_secs)
         }
     };
-    let path = xsell_model::save(&dir, manifest(&a.name, &a.orders, &sha, &log, &cfg, &fitted), &fitted.parts)
-        .with_context(|| format!("writing the bundle under {}", dir.display()))?;
+    let path =
+        xsell_model::save_with_tally(&dir, manifest(&a.name, &a.orders, &sha, &log, &cfg, &fitted), &fitted.parts, fitted.tally.as_ref())
+            .with_context(|| format!("writing the bundle under {}", dir.display()))?;
     print_summary(&fitted.report, read_secs, start.elapsed().as_secs_f64());
     outln!("model bundle: {}", path.display());
+    Ok(())
+}
+
+/// `xsell train --update`: the latest bundle's stored counts, plus the counts of the new
+/// orders, refitted with the bundle's settings.
+fn update(a: TrainArgs) -> anyhow::Result<()> {
+    let start = Instant::now();
+    anyhow::ensure!(a.engine.engine == EngineKind::Memory, "--update counts the new orders in process; leave out --engine");
+    let dir = a.models.join(&a.name);
+    let version = xsell_model::latest_version(&dir).with_context(|| format!("no bundle to update under {}", dir.display()))?;
+    let path = dir.join(&version);
+    let bundle = xsell_model::load(&path).with_context(|| format!("loading the bundle to update, {}", path.display()))?;
+    let tally = xsell_model::load_tally(&path)
+        .with_context(|| format!("reading the counts stored with {}", path.display()))?
+        .with_context(|| {
+            format!(
+                "{}: the bundle has no stored counts ({}/), so it cannot be updated: it was trained with --engine datafusion or by an \
+                 older build; train it once without --update",
+                path.display(),
+                xsell_model::AGGREGATES
+            )
+        })?;
+    let hyper = TrainConfig::parse_json(&bundle.manifest.hyperparameters.to_string()).context("the bundle's hyperparameters")?;
+    let cfg = hyper.clone().check().context("the bundle's hyperparameters")?;
+    let report: xsell_train::TrainReport =
+        serde_json::from_value(bundle.manifest.metrics.clone()).context("the bundle's training report (manifest.json, metrics)")?;
+    let choices = xsell_train::Choices::of_bundle(bundle.model.parts(), &report);
+    drop(bundle);
+    let (log, sha) = read_input(&a.orders, &a.common.column_map()?)?;
+    let read_secs = start.elapsed().as_secs_f64();
+    let orders = xsell_core::protocol::chronological(&log);
+    let tracked = tally.tracked_in(&log);
+    let newer =
+        xsell_core::Tally::compute(&log, &orders, &cfg.aggregate_config(), Some(orders.len()), xsell_core::tally::Track::Given(&tracked));
+    if let (Some((_, last)), Some((first, _))) = (tally.span, newer.span) {
+        anyhow::ensure!(
+            first > last,
+            "{}: the new orders start at {}, not after the newest order {version} counted ({}); --update only adds newer orders \
+             (retrain without --update to change the history)",
+            a.orders,
+            xsell_model::rfc3339_of_ms(first),
+            xsell_model::rfc3339_of_ms(last)
+        );
+    }
+    let before = tally.n_orders;
+    let mut fitted = xsell_train::update(tally, &newer, &choices, &report, &cfg, &mut Bars::default())?;
+    fitted.report.updated_from =
+        Some(xsell_train::UpdateReport { version: version.clone(), new_orders: orders.len(), new_lines: log.lines_read });
+    let source = format!("{} (update of {version})", a.orders);
+    let saved =
+        xsell_model::save_with_tally(&dir, manifest(&a.name, &source, &sha, &log, &hyper, &fitted), &fitted.parts, fitted.tally.as_ref())
+            .with_context(|| format!("writing the bundle under {}", dir.display()))?;
+    outln!("updated {version}: {before} orders + {} new = {} orders", orders.len(), fitted.report.orders);
+    print_summary(&fitted.report, read_secs, start.elapsed().as_secs_f64());
+    outln!("model bundle: {}", saved.display());
     Ok(())
 }
 

@@ -140,3 +140,53 @@ fn training_on_the_engine_writes_a_working_bundle() {
     // the work directory is cleaned up
     assert_eq!(std::fs::read_dir(dir.path().join("work")).unwrap().count(), 0);
 }
+
+/// `xsell train --update`: the newer orders of a log folded into a bundle's stored counts; older
+/// orders, a bundle without counts and flags that would change the bundle's settings are refused.
+#[test]
+fn an_update_folds_newer_orders_into_the_latest_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lines, _) =
+        xsell_data::generate::generate(&xsell_data::generate::GenerateConfig { orders: 1_500, customers: 300, ..Default::default() });
+    let mut times: Vec<i64> = lines.iter().filter_map(|l| l.ts).collect();
+    times.sort_unstable();
+    let cut = times[times.len() * 9 / 10];
+    let (old, new): (Vec<_>, Vec<_>) = lines.into_iter().partition(|l| l.ts.unwrap() < cut);
+    xsell_data::write_lines(&dir.path().join("old.parquet"), &old).unwrap();
+    xsell_data::write_lines(&dir.path().join("new.parquet"), &new).unwrap();
+    std::fs::write(dir.path().join("hp.json"), r#"{"dim": 8, "max_steps": 100, "ranker_epochs": 5, "ranker_hidden": 0}"#).unwrap();
+    let run = |args: &[&str]| xsell().args(args).current_dir(dir.path()).output().unwrap();
+    let ok = |args: &[&str]| {
+        let out = run(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let refused = |args: &[&str], why: &str| {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{args:?} should fail with {why:?}: {err}");
+    };
+    ok(&["train", "--orders", "old.parquet", "--config", "hp.json", "--name", "m"]);
+    let models = dir.path().join("models/m");
+    let first = xsell_model::latest_version(&models).unwrap();
+    assert!(models.join(&first).join("aggregates/pairs.parquet").exists(), "the bundle keeps its counts");
+    let before = xsell_model::load_latest(&models).unwrap().manifest.n_orders;
+
+    let said = ok(&["train", "--update", "--orders", "new.parquet", "--name", "m"]);
+    assert!(said.contains(&format!("updated {first}")), "{said}");
+    let updated = xsell_model::load_latest(&models).unwrap();
+    assert_ne!(updated.manifest.version, first);
+    let new_orders = xsell_data::read_log(&dir.path().join("new.parquet").to_string_lossy()).unwrap().orders.len();
+    assert_eq!(updated.manifest.n_orders, before + new_orders as f32);
+    assert_eq!(updated.manifest.metrics["updated_from"]["version"], first.as_str());
+    let ranked =
+        updated.model.rank(&xsell_core::RankQuery { basket: vec![updated.model.parts().items.ids[0].clone()], k: 5, ..Default::default() });
+    assert_eq!(ranked.unwrap().items.len(), 5);
+
+    // the same orders again are not newer; the bundle stays as it is
+    refused(&["train", "--update", "--orders", "new.parquet", "--name", "m"], "not after the newest order");
+    assert_eq!(xsell_model::latest_version(&models).unwrap(), updated.manifest.version);
+    refused(&["train", "--update", "--orders", "new.parquet", "--name", "m", "--seed", "3"], "--seed");
+    std::fs::remove_dir_all(models.join(&updated.manifest.version).join("aggregates")).unwrap();
+    refused(&["train", "--update", "--orders", "new.parquet", "--name", "m"], "no stored counts");
+}

@@ -281,22 +281,7 @@ fn pair_counts(
     // an order's items are distinct) intersected
     let pair_orders: Vec<Vec<u32>> = pairs
         .par_iter()
-        .map(|&(a, b)| {
-            let (x, y) = (&by_item[gram_items[a as usize] as usize], &by_item[gram_items[b as usize] as usize]);
-            let (mut i, mut j, mut both) = (0, 0, Vec::new());
-            while i < x.len() && j < y.len() {
-                match x[i].cmp(&y[j]) {
-                    std::cmp::Ordering::Less => i += 1,
-                    std::cmp::Ordering::Greater => j += 1,
-                    std::cmp::Ordering::Equal => {
-                        both.push(x[i]);
-                        i += 1;
-                        j += 1;
-                    }
-                }
-            }
-            both
-        })
+        .map(|&(a, b)| intersect(&by_item[gram_items[a as usize] as usize], &by_item[gram_items[b as usize] as usize]))
         .collect();
     let mut order_pairs: HashMap<u32, Vec<u32>> = HashMap::new();
     for (p, ks) in pair_orders.iter().enumerate() {
@@ -314,4 +299,21 @@ fn pair_counts(
         }
     });
     (pairs, pair_gram)
+}
+
+/// The common entries of two ascending lists.
+pub(crate) fn intersect(x: &[u32], y: &[u32]) -> Vec<u32> {
+    let (mut i, mut j, mut both) = (0, 0, Vec::new());
+    while i < x.len() && j < y.len() {
+        match x[i].cmp(&y[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                both.push(x[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    both
 }

@@ -22,6 +22,7 @@ pub mod policy;
 pub mod protocol;
 pub mod ranker;
 pub mod retrieval;
+pub mod tally;
 
 pub use aggregate::Aggregates;
 pub use csr::Csr;
@@ -29,6 +30,7 @@ pub use error::{Error, Result};
 pub use log::{Catalog, LogBuilder, LogLine, Order, OrderLog, ReturnLine};
 pub use model::{CrossSellModel, RankQuery, RankedItem, Ranking};
 pub use policy::{Objective, Policies, RankPolicy, Suppression, Touchpoint, Withheld};
+pub use tally::Tally;
 
 /// Index of an item in a catalog (`Catalog::ids[ix]`).
 pub type ItemIx = u32;

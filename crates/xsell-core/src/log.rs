@@ -43,6 +43,9 @@ pub struct Catalog {
     pub categories: Vec<Option<String>>,
     /// Median-free running mean unit price; `NaN` when unknown.
     pub prices: Vec<f32>,
+    /// Sum and count of the usable unit prices behind `prices` (empty when not kept), so that
+    /// the catalogs of two logs merge into the union's ([`crate::tally::Tally::merge`]).
+    pub price_sums: Vec<(f64, u32)>,
 }
 
 impl Catalog {
@@ -196,6 +199,7 @@ impl LogBuilder {
             return Err(Error::EmptyLog);
         }
         self.log.catalog.prices = self.price_sum.iter().map(|&(s, n)| if n > 0 { (s / n as f64) as f32 } else { f32::NAN }).collect();
+        self.log.catalog.price_sums = self.price_sum;
         Ok(self.log)
     }
 }

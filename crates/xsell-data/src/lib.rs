@@ -13,6 +13,7 @@ pub mod error;
 pub mod generate;
 mod read;
 pub mod tables;
+pub mod tally;
 mod write;
 
 pub use error::{DataError, Result};

@@ -13,7 +13,7 @@ use xsell_core::model::{CustomerTable, ItemTable};
 use crate::write::write_batch;
 use crate::{DataError, Result};
 
-fn f32s(v: &[f32]) -> ArrayRef {
+pub(crate) fn f32s(v: &[f32]) -> ArrayRef {
     Arc::new(Float32Array::from(v.to_vec()))
 }
 
@@ -61,20 +61,20 @@ pub fn write_customers(path: &Path, customers: &CustomerTable, lines: &[f32]) ->
     write_batch(path, &batch)
 }
 
-fn read_batches(path: &Path) -> Result<Vec<RecordBatch>> {
+pub(crate) fn read_batches(path: &Path) -> Result<Vec<RecordBatch>> {
     let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.into(), source })?;
     let pq = |source| DataError::Parquet { path: path.into(), source };
     let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?.build().map_err(pq)?;
     reader.map(|b| b.map_err(|e| pq(e.into()))).collect()
 }
 
-struct TableReader<'a> {
-    path: &'a Path,
-    batches: Vec<RecordBatch>,
+pub(crate) struct TableReader<'a> {
+    pub(crate) path: &'a Path,
+    pub(crate) batches: Vec<RecordBatch>,
 }
 
 impl TableReader<'_> {
-    fn column(&self, name: &str, ty: &DataType) -> Result<Vec<ArrayRef>> {
+    pub(crate) fn column(&self, name: &str, ty: &DataType) -> Result<Vec<ArrayRef>> {
         self.batches
             .iter()
             .map(|b| {
@@ -94,7 +94,7 @@ impl TableReader<'_> {
             .collect()
     }
 
-    fn strings(&self, name: &str, nullable: bool) -> Result<Vec<Option<String>>> {
+    pub(crate) fn strings(&self, name: &str, nullable: bool) -> Result<Vec<Option<String>>> {
         let mut out = Vec::new();
         for col in self.column(name, &DataType::Utf8)? {
             let a = col.as_string::<i32>();
@@ -108,7 +108,7 @@ impl TableReader<'_> {
         Ok(out)
     }
 
-    fn floats(&self, name: &str) -> Result<Vec<f32>> {
+    pub(crate) fn floats(&self, name: &str) -> Result<Vec<f32>> {
         let mut out = Vec::new();
         for col in self.column(name, &DataType::Float32)? {
             out.extend(col.as_primitive::<Float32Type>().values().iter().copied());

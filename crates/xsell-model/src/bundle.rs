@@ -8,7 +8,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use xsell_core::model::{ModelParts, PairWeights, Ranker};
 use xsell_core::retrieval::{Neighbours, Retrieval};
-use xsell_core::{CrossSellModel, Csr};
+use xsell_core::{CrossSellModel, Csr, Tally};
 use xsell_data::tables;
 
 use crate::{BundleError, Result};
@@ -28,6 +28,8 @@ const TENSORS: &str = "tensors.safetensors";
 const CATALOG: &str = "catalog.parquet";
 const CUSTOMERS: &str = "customers.parquet";
 const LATEST: &str = "latest";
+/// The directory of a bundle's additive counts ([`xsell_data::tally`]), when it has them.
+pub const AGGREGATES: &str = "aggregates";
 
 /// What the model was trained on.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -145,11 +147,32 @@ fn u32_bytes(v: &[u32]) -> Vec<u8> {
 /// Writes a bundle under `dir` (`models/<name>`) and points `latest` at it.
 /// `manifest.version` is replaced by a fresh, unique version; the bundle's path is returned.
 pub fn save(dir: &Path, manifest: Manifest, parts: &ModelParts) -> Result<PathBuf> {
-    save_with(dir, manifest, parts, &mut sync)
+    save_with(dir, manifest, parts, None, &mut sync)
+}
+
+/// [`save`], with the additive counts of the training orders written as parquet tables under
+/// the bundle's `aggregates/` (what `xsell train --update` folds new orders into).
+pub fn save_with_tally(dir: &Path, manifest: Manifest, parts: &ModelParts, tally: Option<&Tally>) -> Result<PathBuf> {
+    save_with(dir, manifest, parts, tally, &mut sync)
+}
+
+/// The additive counts stored with the bundle at `path` (None: it was saved without them).
+pub fn load_tally(path: &Path) -> Result<Option<Tally>> {
+    let dir = path.join(AGGREGATES);
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    Ok(Some(xsell_data::tally::read_tally(&dir)?))
 }
 
 /// [`save`] with the fsync step given, so a test can see what is made durable and when.
-fn save_with(dir: &Path, mut manifest: Manifest, parts: &ModelParts, sync: &mut dyn FnMut(&Path) -> Result<()>) -> Result<PathBuf> {
+fn save_with(
+    dir: &Path,
+    mut manifest: Manifest,
+    parts: &ModelParts,
+    tally: Option<&Tally>,
+    sync: &mut dyn FnMut(&Path) -> Result<()>,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     remove_stale_temps(dir);
     let mut version = crate::now_version();
@@ -184,6 +207,14 @@ fn save_with(dir: &Path, mut manifest: Manifest, parts: &ModelParts, sync: &mut 
         // renames that make them visible, so a power loss cannot publish an empty bundle
         for f in [MANIFEST, TENSORS, CATALOG, CUSTOMERS] {
             sync(&tmp.join(f))?;
+        }
+        if let Some(t) = tally {
+            let agg = tmp.join(AGGREGATES);
+            xsell_data::tally::write_tally(&agg, t)?;
+            for e in std::fs::read_dir(&agg).map_err(io(&agg))? {
+                sync(&e.map_err(io(&agg))?.path())?;
+            }
+            sync(&agg)?;
         }
         sync(&tmp)
     };
@@ -439,7 +470,7 @@ mod tests {
             synced.push((p.to_path_buf(), latest.exists()));
             super::sync(p)
         };
-        let path = super::save_with(&models, b.manifest.clone(), b.model.parts(), &mut record).unwrap();
+        let path = super::save_with(&models, b.manifest.clone(), b.model.parts(), None, &mut record).unwrap();
         let names: Vec<String> = synced.iter().map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
         for f in [super::MANIFEST, super::TENSORS, super::CATALOG, super::CUSTOMERS] {
             let k = names.iter().position(|n| n == f).unwrap_or_else(|| panic!("{f} is never fsynced: {names:?}"));

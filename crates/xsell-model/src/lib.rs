@@ -9,6 +9,8 @@
 //!     tensors.safetensors     # emb_in, emb_out, pairs.{indptr,indices,values}, history.{…}
 //!     catalog.parquet         # item_id, item_name, category, unit_price, orders, return_rate
 //!     customers.parquet       # customer_id, orders, lines, return_rate
+//!     aggregates/             # optional: the training orders' additive counts as parquet
+//!                             # tables (xsell_data::tally), for `xsell train --update`
 //! ```
 //!
 //! A bundle is written to a hidden temporary directory and renamed into place, so a reader never
@@ -23,8 +25,8 @@ mod error;
 mod time;
 
 pub use bundle::{
-    Bundle, FORMAT_VERSION, InputInfo, Manifest, OLDEST_FORMAT_VERSION, check_writable, latest_version, load, load_latest,
-    remove_stale_temps, save,
+    AGGREGATES, Bundle, FORMAT_VERSION, InputInfo, Manifest, OLDEST_FORMAT_VERSION, check_writable, latest_version, load, load_latest,
+    load_tally, remove_stale_temps, save, save_with_tally,
 };
 pub use error::{BundleError, Result};
-pub use time::{now_rfc3339, now_version};
+pub use time::{now_rfc3339, now_version, rfc3339_of_ms};

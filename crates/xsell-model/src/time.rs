@@ -28,6 +28,12 @@ pub fn now_rfc3339() -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
 
+/// A time in epoch milliseconds as RFC 3339 UTC, e.g. `2011-12-09T12:50:00Z`.
+pub fn rfc3339_of_ms(ms: i64) -> String {
+    let (y, mo, d, h, mi, s) = civil(ms.div_euclid(1000));
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
 /// A sortable version name from the current UTC time, e.g. `20261123T101500Z`.
 pub fn now_version() -> String {
     let (y, mo, d, h, mi, s) = civil(now_secs());

@@ -33,7 +33,7 @@ pub use config::{TrainConfig, ValidTrainConfig};
 pub use error::{Result, TrainError};
 pub use peer::EasePeer;
 pub use pipeline::{
-    Counts, DiscoveryReport, Fitted, LatentSubstituteReport, LogCounts, PhaseTime, TrainInput, TrainReport, ValidationMetrics, train,
-    train_from,
+    Choices, Counts, DiscoveryReport, Fitted, LatentSubstituteReport, LogCounts, PhaseTime, TrainInput, TrainReport, UpdateReport,
+    ValidationMetrics, train, train_from, update,
 };
 pub use progress::{NoProgress, Progress};

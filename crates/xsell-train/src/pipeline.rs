@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use xsell_core::aggregate::AggregateConfig;
 use xsell_core::model::{CustomerTable, ItemTable, ModelParts, Ranker, feature};
 use xsell_core::retrieval::{Neighbours, Retrieval};
+use xsell_core::tally::{Tally, Track};
 use xsell_core::{Aggregates, CrossSellModel, Csr, ItemIx, OrderLog};
 
 use crate::ease::{self, LambdaTrial, PosQuery};
@@ -65,6 +66,21 @@ pub struct TrainReport {
     /// How the latent-category substitute rule was judged (absent: the catalog has categories).
     #[serde(default)]
     pub latent_substitutes: Option<LatentSubstituteReport>,
+    /// Set when the model is an update (`xsell train --update`): the choices and the
+    /// validation above are those of the bundle it started from.
+    #[serde(default)]
+    pub updated_from: Option<UpdateReport>,
+}
+
+/// What an update folded in.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpdateReport {
+    /// The bundle version updated.
+    pub version: String,
+    /// New orders folded in.
+    pub new_orders: usize,
+    /// Lines read for them.
+    pub new_lines: u64,
 }
 
 /// How the latent-category substitute rule was judged on the held-out queries: it is applied
@@ -170,7 +186,7 @@ pub struct EaseReport {
 /// EASE's regularization: item λ and pair λ (multiples of the mean item Gram diagonal) and
 /// how many of the most co-bought pairs to use.
 #[derive(Debug, Clone, Copy)]
-struct EaseSetting {
+pub(crate) struct EaseSetting {
     alpha: f64,
     pairs: usize,
     pair_alpha: f64,
@@ -190,6 +206,112 @@ pub struct Fitted {
     /// With [`TrainConfig::ablation`]: per feature group, a ranker of the kept family (linear
     /// when EASE alone was kept) fitted without it (uncalibrated).
     pub ablations: Vec<(String, Ranker)>,
+    /// The additive counts of every training order, in the log's index space, when the pass
+    /// gives them and no return cutoff applies: stored with the bundle for `--update`.
+    pub tally: Option<Tally>,
+}
+
+/// What a refit keeps from the fit on the base slice, or an update from its bundle: the
+/// rankers, the substitute rule's verdict, the candidate budget and EASE's setting.
+#[derive(Debug, Clone)]
+pub struct Choices {
+    ranker: Ranker,
+    discovery_ranker: Option<Ranker>,
+    latent_substitutes: bool,
+    candidate_budget: usize,
+    ease: Option<EaseSetting>,
+}
+
+impl Choices {
+    /// The choices a bundle was trained with (its parts and its training report).
+    pub fn of_bundle(parts: &ModelParts, report: &TrainReport) -> Self {
+        Choices {
+            ranker: parts.ranker.clone(),
+            discovery_ranker: parts.discovery_ranker.clone(),
+            latent_substitutes: parts.latent_substitutes,
+            candidate_budget: parts.retrieval.budget,
+            ease: ease_setting(report.ease.as_ref()),
+        }
+    }
+
+    /// Puts the choices into model parts.
+    fn apply(&self, parts: &mut ModelParts) {
+        parts.ranker = self.ranker.clone();
+        parts.discovery_ranker = self.discovery_ranker.clone();
+        parts.latent_substitutes = self.latent_substitutes;
+        if self.candidate_budget > 0 {
+            parts.retrieval.budget = self.candidate_budget;
+        }
+    }
+}
+
+/// The EASE setting a report records: the relative λs carry over (the Gram's scale grows with
+/// the orders), and so does the pair count.
+fn ease_setting(ease: Option<&EaseReport>) -> Option<EaseSetting> {
+    ease.map(|e| EaseSetting { alpha: e.alpha, pairs: e.pairs, pair_alpha: e.pair_alpha, tail: e.tail_items > 0 })
+}
+
+/// The refit: the model's tables, embeddings and EASE from `agg` (over `log`'s index space),
+/// with `choices` kept. Returns the parts and how EASE was fitted.
+fn refit(
+    log: &OrderLog,
+    mut agg: Aggregates,
+    cfg: &TrainConfig,
+    choices: &Choices,
+    timer: &mut Timer<'_>,
+    progress: &mut dyn Progress,
+) -> Result<(ModelParts, Option<EaseReport>)> {
+    let (mut parts, spaces) = build(log, &agg, cfg, choices.ranker.clone(), progress)?;
+    timer.lap("refit embeddings");
+    let ease = fit_ease(&mut agg, &spaces, &mut parts, cfg, choices.ease, &[])?;
+    timer.lap("refit ease");
+    choices.apply(&mut parts);
+    Ok((parts, ease))
+}
+
+/// The aggregate settings of a refit keeping `choices`: the pair count EASE uses.
+fn refit_aggregate_config(cfg: &ValidTrainConfig, choices: &Choices) -> AggregateConfig {
+    AggregateConfig { gram_pairs: choices.ease.map_or(0, |e| e.pairs), ..cfg.aggregate_config() }
+}
+
+/// Folds `newer` (the counts of orders strictly newer than the bundle's, counted with
+/// [`Track::Given`] of the bundle's tracked pairs and every order kept as recent) into the
+/// bundle's `tally` and refits with the bundle's `choices`: the model a full retrain on the union
+/// would refit, without rescanning the bundle's orders. `report` is the bundle's training report.
+pub fn update(
+    tally: Tally,
+    newer: &Tally,
+    choices: &Choices,
+    report: &TrainReport,
+    cfg: &ValidTrainConfig,
+    progress: &mut dyn Progress,
+) -> Result<Fitted> {
+    let mut phases = Vec::new();
+    let mut timer = Timer { phases: &mut phases, start: Instant::now() };
+    let agg_cfg = refit_aggregate_config(cfg, choices);
+    progress.start("merge counts", 1);
+    let tally = tally.merge(newer, &agg_cfg).map_err(|e| TrainError::Counts(e.to_string()))?;
+    let agg = tally.aggregates(&agg_cfg);
+    progress.finish();
+    timer.lap("merge");
+    let log = tally.as_log();
+    let (parts, ease) = refit(&log, agg.clone(), cfg, choices, &mut timer, progress)?;
+    let report = TrainReport {
+        orders: tally.n_orders as usize,
+        items: parts.items.ids.len(),
+        customers: parts.customers.ids.len(),
+        phases,
+        ease: ease.map(|e| EaseReport { trials: Vec::new(), tail_trial: None, ..e }),
+        ..report.clone()
+    };
+    let parts = CrossSellModel::new(parts)?.into_parts();
+    Ok(Fitted { parts, report, aggregates: agg, ablations: Vec::new(), tally: Some(tally) })
+}
+
+/// The additive counts of every training order a pass gives (see [`Counts::tally`]), or the
+/// error of the pass.
+fn tally_of(counts: &dyn Counts, cutoff_ts: Option<i64>, cfg: &AggregateConfig) -> Result<Option<Tally>> {
+    if cutoff_ts.is_some() { Ok(None) } else { counts.tally(cfg) }
 }
 
 struct Timer<'a> {
@@ -392,6 +514,11 @@ pub trait Counts {
     fn aggregates(&self, n: usize, cutoff_ts: Option<i64>, cfg: &AggregateConfig) -> Result<Aggregates>;
     /// The time of the training order at position `pos` (oldest first).
     fn order_ts(&self, pos: usize) -> Result<Option<i64>>;
+    /// The additive counts of every training order and every return signal, tracking the
+    /// higher-order pairs `cfg` selects (None: this pass does not give them).
+    fn tally(&self, _cfg: &AggregateConfig) -> Result<Option<Tally>> {
+        Ok(None)
+    }
 }
 
 /// The in-process pass over a log held in memory.
@@ -409,6 +536,9 @@ impl Counts for LogCounts<'_> {
     }
     fn order_ts(&self, pos: usize) -> Result<Option<i64>> {
         Ok(self.orders.get(pos).and_then(|&o| self.log.orders[o].ts))
+    }
+    fn tally(&self, cfg: &AggregateConfig) -> Result<Option<Tally>> {
+        Ok(Some(Tally::compute(self.log, self.orders, cfg, None, Track::Strongest)))
     }
 }
 
@@ -518,40 +648,46 @@ pub fn train_from(input: &TrainInput<'_>, cfg: &ValidTrainConfig, progress: &mut
         ranker = chosen.ranker;
         validation = chosen.validation;
     }
+    let choices = Choices {
+        ranker,
+        discovery_ranker,
+        latent_substitutes: report.latent_substitutes.as_ref().is_some_and(|r| r.applied),
+        candidate_budget: report.candidate_budget,
+        ease: ease_setting(report.ease.as_ref()),
+    };
     // without a validation slice the base pass already covered every training order
-    let (parts, all_agg) = if cfg.refit && fit_ranker_now {
+    let (parts, all_agg, tally) = if cfg.refit && fit_ranker_now {
         // the base model and its counts are not needed past here: free them before the refit
         // builds the final ones (each is model-sized)
         drop((model, base_agg));
         progress.start("refit aggregates", 1);
-        let gram_pairs = report.ease.as_ref().map_or(0, |e| e.pairs);
-        let mut agg = counts.aggregates(n_orders, cutoff_ts, &AggregateConfig { gram_pairs, ..agg_cfg })?;
+        let agg_cfg = refit_aggregate_config(cfg, &choices);
+        // the refit's counts come from the tally when the pass gives one, so that a model
+        // updated from the stored tally is the model this refit makes
+        let tally = tally_of(counts, cutoff_ts, &agg_cfg)?;
+        let agg = match &tally {
+            Some(t) => t.aggregates(&agg_cfg),
+            None => counts.aggregates(n_orders, cutoff_ts, &agg_cfg)?,
+        };
         progress.finish();
-        let (mut parts, spaces) = build(log, &agg, cfg, ranker, progress)?;
-        // the relative λs carry over (the Gram's scale grows with the orders), and so does the
-        // pair count: the most co-bought pairs of all training orders
-        let setting =
-            report.ease.as_ref().map(|e| EaseSetting { alpha: e.alpha, pairs: e.pairs, pair_alpha: e.pair_alpha, tail: e.tail_items > 0 });
-        if let Some(e) = fit_ease(&mut agg, &spaces, &mut parts, cfg, setting, &[])? {
+        timer.lap("refit aggregates");
+        let (parts, ease) = refit(log, agg.clone(), cfg, &choices, &mut timer, progress)?;
+        if let Some(e) = ease {
             let (trials, tail_trial) = report.ease.take().map(|r| (r.trials, r.tail_trial)).unwrap_or_default();
             report.ease = Some(EaseReport { trials, tail_trial, ..e });
         }
-        timer.lap("refit");
-        (parts, agg)
+        (parts, agg, tally)
     } else {
-        (ModelParts { ranker, ..model.parts().clone() }, base_agg)
+        let mut parts = model.parts().clone();
+        choices.apply(&mut parts);
+        let tally = tally_of(counts, cutoff_ts, &refit_aggregate_config(cfg, &choices))?;
+        (parts, base_agg, tally)
     };
-    let mut parts = parts;
-    parts.discovery_ranker = discovery_ranker;
-    parts.latent_substitutes = report.latent_substitutes.as_ref().is_some_and(|r| r.applied);
-    if report.candidate_budget > 0 {
-        parts.retrieval.budget = report.candidate_budget;
-    }
     report.candidate_budget = parts.retrieval.budget;
     report.items = parts.items.ids.len();
     report.customers = parts.customers.ids.len();
     report.validation = validation;
     // validates the final parts once, so a bad model fails here and not in the server
     let parts = CrossSellModel::new(parts)?.into_parts();
-    Ok(Fitted { parts, report, aggregates: all_agg, ablations })
+    Ok(Fitted { parts, report, aggregates: all_agg, ablations, tally })
 }
