@@ -36,6 +36,18 @@ pub struct TrainArgs {
     /// retrain chooses them again.
     #[arg(long, conflicts_with_all = ["config", "seed", "dim"])]
     pub update: bool,
+    /// With --update: continue the bundle's embeddings for this share of a fresh fit's steps
+    /// (new items start fresh; known items keep their latent categories) instead of refitting
+    /// them. Faster; the model is then no longer the one a full retrain would make.
+    #[arg(long, requires = "update", num_args = 0..=1, default_missing_value = "0.1", value_name = "SHARE", value_parser = share)]
+    pub warm: Option<f64>,
+}
+
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!("'{s}' is not a share within (0, 1]")),
+    }
 }
 
 /// Where the aggregate pass runs.
@@ -283,7 +295,6 @@ fn update(a: TrainArgs) -> anyhow::Result<()> {
     let report: xsell_train::TrainReport =
         serde_json::from_value(bundle.manifest.metrics.clone()).context("the bundle's training report (manifest.json, metrics)")?;
     let choices = xsell_train::Choices::of_bundle(bundle.model.parts(), &report);
-    drop(bundle);
     let (log, sha) = read_input(&a.orders, &a.common.column_map()?)?;
     let read_secs = start.elapsed().as_secs_f64();
     let orders = xsell_core::protocol::chronological(&log);
@@ -301,7 +312,9 @@ fn update(a: TrainArgs) -> anyhow::Result<()> {
         );
     }
     let before = tally.n_orders;
-    let mut fitted = xsell_train::update(tally, &newer, &choices, &report, &cfg, &mut Bars::default())?;
+    let warm = a.warm.map(|steps_share| xsell_train::Warm { parts: bundle.model.parts(), steps_share });
+    let mut fitted = xsell_train::update(tally, &newer, &choices, &report, &cfg, warm, &mut Bars::default())?;
+    drop(bundle);
     fitted.report.updated_from =
         Some(xsell_train::UpdateReport { version: version.clone(), new_orders: orders.len(), new_lines: log.lines_read });
     let source = format!("{} (update of {version})", a.orders);

@@ -172,6 +172,12 @@ fn an_update_folds_newer_orders_into_the_latest_bundle() {
     assert!(models.join(&first).join("aggregates/pairs.parquet").exists(), "the bundle keeps its counts");
     let before = xsell_model::load_latest(&models).unwrap().manifest.n_orders;
 
+    // a warm update of a copy: its embeddings continue from the bundle's
+    ok(&["train", "--orders", "old.parquet", "--config", "hp.json", "--name", "w"]);
+    let said = ok(&["train", "--update", "--warm", "--orders", "new.parquet", "--name", "w"]);
+    assert!(said.contains("updated"), "{said}");
+    let warmed = xsell_model::load_latest(&dir.path().join("models/w")).unwrap();
+
     let said = ok(&["train", "--update", "--orders", "new.parquet", "--name", "m"]);
     assert!(said.contains(&format!("updated {first}")), "{said}");
     let updated = xsell_model::load_latest(&models).unwrap();
@@ -182,11 +188,15 @@ fn an_update_folds_newer_orders_into_the_latest_bundle() {
     let ranked =
         updated.model.rank(&xsell_core::RankQuery { basket: vec![updated.model.parts().items.ids[0].clone()], k: 5, ..Default::default() });
     assert_eq!(ranked.unwrap().items.len(), 5);
+    assert_eq!(warmed.model.parts().items.ids, updated.model.parts().items.ids);
+    assert_ne!(warmed.model.parts().emb_in, updated.model.parts().emb_in);
 
     // the same orders again are not newer; the bundle stays as it is
     refused(&["train", "--update", "--orders", "new.parquet", "--name", "m"], "not after the newest order");
     assert_eq!(xsell_model::latest_version(&models).unwrap(), updated.manifest.version);
     refused(&["train", "--update", "--orders", "new.parquet", "--name", "m", "--seed", "3"], "--seed");
+    refused(&["train", "--update", "--orders", "new.parquet", "--name", "m", "--warm", "1.5"], "not a share");
+    refused(&["train", "--orders", "new.parquet", "--name", "m", "--warm"], "--update");
     std::fs::remove_dir_all(models.join(&updated.manifest.version).join("aggregates")).unwrap();
     refused(&["train", "--update", "--orders", "new.parquet", "--name", "m"], "no stored counts");
 }

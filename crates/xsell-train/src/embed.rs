@@ -148,6 +148,20 @@ impl Sampler {
     }
 }
 
+/// Where embedding training starts from: some items' rows of an earlier model (an update), and
+/// the share of a fresh fit's steps to take from there.
+#[derive(Debug, Clone, Copy)]
+pub struct WarmStart<'a> {
+    /// Per item, its row in `emb_in` / `emb_out` (None: a new item, started fresh).
+    pub rows: &'a [Option<u32>],
+    /// The earlier input embeddings.
+    pub emb_in: &'a Array2<f32>,
+    /// The earlier output embeddings.
+    pub emb_out: &'a Array2<f32>,
+    /// Steps taken, as a share of a fresh fit's (at least one).
+    pub steps_share: f64,
+}
+
 /// Trains input and output embeddings (items × `cfg.dim`) from pair counts and item counts.
 pub fn train_embeddings(
     pairs: &Csr,
@@ -155,10 +169,30 @@ pub fn train_embeddings(
     cfg: &TrainConfig,
     progress: &mut dyn Progress,
 ) -> Result<(Array2<f32>, Array2<f32>)> {
+    train_embeddings_from(pairs, item_counts, cfg, None, progress)
+}
+
+/// [`train_embeddings`], continuing from an earlier model's rows when `warm` is given.
+pub fn train_embeddings_from(
+    pairs: &Csr,
+    item_counts: &[f32],
+    cfg: &TrainConfig,
+    warm: Option<WarmStart<'_>>,
+    progress: &mut dyn Progress,
+) -> Result<(Array2<f32>, Array2<f32>)> {
     let n = item_counts.len();
     let d = cfg.dim;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let init: Vec<f32> = (0..n * d).map(|_| (rng.random::<f32>() - 0.5) / d as f32).collect();
+    let mut init: Vec<f32> = (0..n * d).map(|_| (rng.random::<f32>() - 0.5) / d as f32).collect();
+    let mut init_out = vec![0.0; n * d];
+    if let Some(w) = warm.filter(|w| w.emb_in.ncols() == d && w.emb_out.ncols() == d) {
+        for (i, r) in w.rows.iter().enumerate().take(n) {
+            if let Some(r) = *r {
+                init[i * d..(i + 1) * d].iter_mut().zip(w.emb_in.row(r as usize)).for_each(|(x, &v)| *x = v);
+                init_out[i * d..(i + 1) * d].iter_mut().zip(w.emb_out.row(r as usize)).for_each(|(x, &v)| *x = v);
+            }
+        }
+    }
     let (Some(pair_sampler), Some(neg_sampler)) = (
         Sampler::new(pairs.values.iter().map(|&c| f64::from(c).powf(0.75))),
         Sampler::new(item_counts.iter().map(|&c| f64::from(c).powf(0.75))),
@@ -173,9 +207,10 @@ pub fn train_embeddings(
     }
     let total_weight: f64 = pairs.values.iter().map(|&c| f64::from(c)).sum();
     let steps = ((cfg.epochs * total_weight / cfg.batch_size as f64).ceil() as usize).clamp(1, cfg.max_steps.max(1));
+    let steps = warm.map_or(steps, |w| ((steps as f64 * w.steps_share).ceil() as usize).clamp(1, steps));
     let device = Device::flex().autodiff();
     let mut input = Table::new(init, d);
-    let mut output = Table::new(vec![0.0; n * d], d);
+    let mut output = Table::new(init_out, d);
     let (b, k) = (cfg.batch_size, cfg.negatives);
     progress.start("embeddings", steps as u64);
     let mut centers = Vec::with_capacity(b);

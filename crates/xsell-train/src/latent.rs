@@ -61,6 +61,42 @@ pub fn latent_categories(emb_in: &Array2<f32>, orders: &[f32], requested: usize)
     Ok(assigned.iter().map(|&c| c as u32).collect())
 }
 
+/// Latent categories that keep the earlier ones: an item with an earlier category (`kept`)
+/// keeps it, a new item joins the category whose members' centred, unit input embeddings it is
+/// closest to on average (an update's way: no new k-means).
+pub fn kept_categories(emb_in: &Array2<f32>, kept: &[Option<u32>]) -> Vec<u32> {
+    let (n, d) = emb_in.dim();
+    let mean = emb_in.mean_axis(ndarray::Axis(0)).unwrap_or_else(|| ndarray::Array1::zeros(d));
+    let unit = |i: usize| {
+        let c = &emb_in.row(i) - &mean;
+        let norm = c.dot(&c).sqrt().max(1e-12);
+        c / norm
+    };
+    let k = kept.iter().flatten().map(|&c| c as usize + 1).max().unwrap_or(0);
+    let mut centroids = Array2::<f32>::zeros((k, d));
+    let mut members = vec![0f32; k];
+    for (i, c) in kept.iter().enumerate().take(n) {
+        if let Some(c) = *c {
+            let mut row = centroids.row_mut(c as usize);
+            row += &unit(i);
+            members[c as usize] += 1.0;
+        }
+    }
+    for (mut row, &m) in centroids.rows_mut().into_iter().zip(&members) {
+        row /= m.max(1.0);
+    }
+    (0..n)
+        .map(|i| match kept.get(i).copied().flatten() {
+            Some(c) => c,
+            None if k == 0 => 0,
+            None => {
+                let u = unit(i);
+                (0..k).max_by(|&a, &b| centroids.row(a).dot(&u).total_cmp(&centroids.row(b).dot(&u))).unwrap_or(0) as u32
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +116,23 @@ mod tests {
         assert_eq!(auto_kinds(10), 1);
         assert_eq!(auto_kinds(3000), 100);
         assert_eq!(auto_kinds(1_000_000), MAX_AUTO_KINDS);
+    }
+
+    #[test]
+    fn known_items_keep_their_category_and_new_ones_join_the_nearest() {
+        // two directions; the known items carry categories 1 and 0 (not what k-means would
+        // number), items 78 and 79 are new, one of each direction
+        let emb = Array2::from_shape_fn((80, 4), |(i, d)| {
+            let base = if i % 2 == 0 { [1.0, 0.1, 0.0, 0.0] } else { [0.0, 0.0, 1.0, 0.1] };
+            base[d] + 0.01 * ((i * 31 + d * 17) % 11) as f32
+        });
+        let mut kept: Vec<Option<u32>> = (0..80).map(|i| Some(if i % 2 == 0 { 1 } else { 0 })).collect();
+        kept[78] = None;
+        kept[79] = None;
+        kept[3] = Some(1); // a known item keeps its category even against its embedding
+        let groups = kept_categories(&emb, &kept);
+        assert_eq!(groups[3], 1);
+        assert_eq!((groups[78], groups[79]), (1, 0));
+        assert!((0..78).filter(|&i| i != 3).all(|i| Some(groups[i]) == kept[i]));
     }
 }

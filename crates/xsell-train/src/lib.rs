@@ -34,6 +34,6 @@ pub use error::{Result, TrainError};
 pub use peer::EasePeer;
 pub use pipeline::{
     Choices, Counts, DiscoveryReport, Fitted, LatentSubstituteReport, LogCounts, PhaseTime, TrainInput, TrainReport, UpdateReport,
-    ValidationMetrics, train, train_from, update,
+    ValidationMetrics, Warm, train, train_from, update,
 };
 pub use progress::{NoProgress, Progress};

@@ -121,7 +121,18 @@ fn an_update_makes_the_model_a_full_retrain_on_the_union_makes() {
     let tracked = stored.tracked_in(&new);
     let newer = Tally::compute(&new, &chronological(&new), &agg_cfg, Some(new.orders.len()), Track::Given(&tracked));
     let choices = Choices::of_bundle(&full.parts, &full.report);
-    let updated = xsell_train::update(stored, &newer, &choices, &full.report, &cfg, &mut NoProgress).unwrap();
+    let updated = xsell_train::update(stored.clone(), &newer, &choices, &full.report, &cfg, None, &mut NoProgress).unwrap();
     assert_same_tally(updated.tally.as_ref().unwrap(), full_tally);
     assert_eq!(updated.parts, full.parts, "the updated model is the retrained one");
+
+    // warm: the same counts and EASE, the embeddings continued from the model's for a tenth of
+    // the steps
+    let warm = xsell_train::Warm { parts: &full.parts, steps_share: 0.1 };
+    let warmed = xsell_train::update(stored, &newer, &choices, &full.report, &cfg, Some(warm), &mut NoProgress).unwrap();
+    let (w, f) = (&warmed.parts, &full.parts);
+    assert_same_tally(warmed.tally.as_ref().unwrap(), full_tally);
+    assert_eq!((&w.items, &w.pairs, &w.history, &w.ease), (&f.items, &f.pairs, &f.history, &f.ease));
+    assert_ne!(w.emb_in, f.emb_in, "the embeddings are not refitted from scratch");
+    let moved = (&w.emb_in - &f.emb_in).mapv(f32::abs).mean().unwrap() / f.emb_in.mapv(f32::abs).mean().unwrap();
+    assert!(moved < 0.5, "they continue from the model's: moved {moved}");
 }
