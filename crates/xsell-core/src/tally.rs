@@ -222,15 +222,18 @@ impl Tally {
                 item_recent_orders[i as usize] += 1.0;
             }
         }
-        let mut rows: Vec<Vec<(u32, f32)>> = vec![Vec::new(); n_items];
-        for i in 0..n_items {
-            let (cols, vals) = self.pairs.row(i);
-            for (&j, &v) in cols.iter().zip(vals) {
-                rows[i].push((j, v));
-                rows[j as usize].push((i as u32, v));
-            }
-        }
-        let pairs = Csr::from_rows(rows.into_par_iter().map(|r| strongest(r, cfg.max_neighbours)).collect::<Vec<_>>());
+        // each item's full row: its upper row and its column (the lower half, transposed once)
+        let lower = transpose(&self.pairs, n_items);
+        let pairs = Csr::from_rows(
+            (0..n_items)
+                .into_par_iter()
+                .map(|i| {
+                    let ((uc, uv), (lc, lv)) = (self.pairs.row(i), lower.row(i));
+                    let row = lc.iter().chain(uc).copied().zip(lv.iter().chain(uv).copied()).collect();
+                    strongest(row, cfg.max_neighbours)
+                })
+                .collect::<Vec<_>>(),
+        );
         let (gram_items, gram) = self.gram(cfg.gram_items);
         let m = gram_items.len();
         let mut pos = HashMap::new();
@@ -420,6 +423,28 @@ impl Tally {
         self.tracked_items = Csr::from_rows(tracked_items.into_iter().map(summed));
         Ok(self)
     }
+}
+
+/// The transpose of `csr` (`n` columns), rows sorted by column.
+fn transpose(csr: &Csr, n: usize) -> Csr {
+    let mut indptr = vec![0u32; n + 1];
+    for &c in &csr.indices {
+        indptr[c as usize + 1] += 1;
+    }
+    for k in 0..n {
+        indptr[k + 1] += indptr[k];
+    }
+    let mut next = indptr.clone();
+    let (mut indices, mut values) = (vec![0u32; csr.indices.len()], vec![0f32; csr.values.len()]);
+    for r in 0..csr.n_rows() {
+        let (cols, vals) = csr.row(r);
+        for (&c, &v) in cols.iter().zip(vals) {
+            let at = next[c as usize] as usize;
+            (indices[at], values[at]) = (r as u32, v);
+            next[c as usize] += 1;
+        }
+    }
+    Csr { indptr, indices, values }
 }
 
 /// Orders in the recent period of `n` orders.
