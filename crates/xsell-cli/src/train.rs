@@ -51,22 +51,44 @@ fn share(s: &str) -> Result<f64, String> {
 }
 
 /// Where the aggregate pass runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum EngineKind {
     /// In process: the cleaned log is held in memory.
     #[default]
     Memory,
-    /// DataFusion, out of core: the log is materialised once in --work-dir and counted within
-    /// --memory-limit, spilling beyond it; only the newest orders (the ranker's queries) are
-    /// held in memory.
-    Datafusion,
+    /// A query engine: DataFusion in process, out of core (the log is materialised once in
+    /// --work-dir and counted within --memory-limit, spilling beyond it), or the same plans on
+    /// a Ballista cluster; only the newest orders (the ranker's queries) are held in memory.
+    Engine(xsell_engine::Cluster),
+}
+
+/// `memory`, `datafusion`, `ballista://HOST:PORT` or `ballista:standalone`.
+fn engine_kind(s: &str) -> Result<EngineKind, String> {
+    use xsell_engine::Cluster;
+    let bad = || format!("'{s}': expected memory, datafusion, ballista://HOST:PORT (a Ballista scheduler) or ballista:standalone");
+    Ok(match s {
+        "memory" => EngineKind::Memory,
+        "datafusion" => EngineKind::Engine(Cluster::Local),
+        "ballista:standalone" => EngineKind::Engine(Cluster::BallistaStandalone),
+        _ => {
+            let addr = s.strip_prefix("ballista://").ok_or_else(bad)?;
+            let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(bad());
+            }
+            EngineKind::Engine(Cluster::Ballista(format!("df://{addr}")))
+        }
+    })
 }
 
 /// The engine flags of `train` and `bench`.
 #[derive(Debug, Args, Default, Clone)]
 pub struct EngineArgs {
-    /// Where the aggregate pass runs.
-    #[arg(long, value_enum, default_value_t = EngineKind::Memory)]
+    /// Where the aggregate pass runs: memory (in process), datafusion (in process, out of
+    /// core), ballista://HOST:PORT (a Ballista cluster's scheduler; the input and --work-dir on
+    /// storage every executor reads) or ballista:standalone (Ballista in process). Ballista
+    /// needs a build with `--features ballista`.
+    #[arg(long, value_parser = engine_kind, default_value = "memory")]
     pub engine: EngineKind,
     /// Memory the engine's operators may hold (e.g. 1GB, 512MiB); beyond it they spill to
     /// --work-dir. Default: a quarter of the machine's memory.
@@ -85,9 +107,13 @@ impl EngineArgs {
             memory_limit: self.memory_limit.unwrap_or_else(xsell_engine::default_memory_limit),
             work_dir: self.work_dir.clone(),
             partitions: 0,
+            cluster: match &self.engine {
+                EngineKind::Engine(c) => c.clone(),
+                EngineKind::Memory => xsell_engine::Cluster::Local,
+            },
         };
         let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_message(format!("materialising the log in the engine (memory limit {})", xsell_engine::format_size(cfg.memory_limit)));
+        bar.set_message(format!("materialising the log on {} (memory limit {})", cfg.cluster, xsell_engine::format_size(cfg.memory_limit)));
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
         let engine = xsell_engine::Engine::open(spec, columns, &cfg);
         bar.finish_and_clear();
@@ -229,7 +255,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let dir = a.models.join(&a.name);
     xsell_model::check_writable(&dir).with_context(|| format!("the bundle cannot be written under {}", dir.display()))?;
     let columns = a.common.column_map()?;
-    let (log, sha, fitted, read_secs) = match a.engine.engine {
+    let (log, sha, fitted, read_secs) = match &a.engine.engine {
         EngineKind::Memory => {
             let (log, sha) = read_input(&a.orders, &columns)?;
             let read_secs = start.elapsed().as_secs_f64();
@@ -237,7 +263,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             let fitted = xsell_train::train(&log, &orders, None, &cfg, &mut Bars::default())?;
             (log, sha, fitted, read_secs)
         }
-        EngineKind::Datafusion => {
+        EngineKind::Engine(_) => {
             let sha = input_sha(&a.orders)?;
             let engine = a.engine.open(&a.orders, &columns)?;
             let n = engine.n_orders();
@@ -275,7 +301,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
 /// orders, refitted with the bundle's settings.
 fn update(a: TrainArgs) -> anyhow::Result<()> {
     let start = Instant::now();
-    anyhow::ensure!(a.engine.engine == EngineKind::Memory, "--update counts the new orders in process; leave out --engine");
+    anyhow::ensure!(matches!(a.engine.engine, EngineKind::Memory), "--update counts the new orders in process; leave out --engine");
     let dir = a.models.join(&a.name);
     let version = xsell_model::latest_version(&dir).with_context(|| format!("no bundle to update under {}", dir.display()))?;
     let path = dir.join(&version);
@@ -382,6 +408,23 @@ pub fn print_summary(r: &xsell_train::TrainReport, read_secs: f64, total_secs: f
                 t.mrr20,
                 t.items
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{EngineKind, engine_kind};
+    use xsell_engine::Cluster;
+
+    #[test]
+    fn engines_are_named_as_the_help_says() {
+        assert_eq!(engine_kind("memory"), Ok(EngineKind::Memory));
+        assert_eq!(engine_kind("datafusion"), Ok(EngineKind::Engine(Cluster::Local)));
+        assert_eq!(engine_kind("ballista:standalone"), Ok(EngineKind::Engine(Cluster::BallistaStandalone)));
+        assert_eq!(engine_kind("ballista://sched.local:50050"), Ok(EngineKind::Engine(Cluster::Ballista("df://sched.local:50050".into()))));
+        for bad in ["ballista://", "ballista://host", "ballista://:50050", "ballista://host:port", "spark://x:1", ""] {
+            assert!(engine_kind(bad).unwrap_err().contains("ballista://HOST:PORT"), "{bad}");
         }
     }
 }

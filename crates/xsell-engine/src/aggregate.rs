@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, RecordBatch, UInt32Array};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
-use datafusion::datasource::MemTable;
 use datafusion::error::Result;
-use datafusion::prelude::SessionContext;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use ndarray::Array2;
 use xsell_core::aggregate::{AggregateConfig, gram_items, gram_pairs};
 use xsell_core::{Aggregates, Csr};
@@ -42,14 +42,21 @@ async fn rows(ctx: &SessionContext, sql: &str, mut row: impl FnMut(&[i64])) -> R
     Ok(())
 }
 
-/// Registers `(key, value)` pairs of u32 as a small in-memory table.
-fn register_pairs(ctx: &SessionContext, name: &str, cols: [&str; 3], rows: &[(u32, u32, u32)]) -> Result<()> {
+/// Registers triples of u32 as a small table: a parquet file in the work directory, not an
+/// in-memory table, so that a cluster's executors read it too.
+async fn register_pairs(ctx: &SessionContext, work: &Path, name: &str, cols: [&str; 3], rows: &[(u32, u32, u32)]) -> Result<()> {
     let schema = Arc::new(Schema::new(cols.iter().map(|c| Field::new(*c, DataType::UInt32, false)).collect::<Vec<_>>()));
     let col = |f: fn(&(u32, u32, u32)) -> u32| Arc::new(UInt32Array::from_iter_values(rows.iter().map(f))) as _;
     let batch = RecordBatch::try_new(schema.clone(), vec![col(|r| r.0), col(|r| r.1), col(|r| r.2)])?;
     let _ = ctx.deregister_table(name)?;
-    ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))?;
-    Ok(())
+    static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = work.join(format!("{name}-{n}.parquet"));
+    let file = std::fs::File::create(&path)?;
+    let mut writer = ArrowWriter::try_new(file, schema.clone(), None)?;
+    writer.write(&batch)?;
+    writer.close()?;
+    ctx.register_parquet(name, &path.to_string_lossy(), ParquetReadOptions::default().schema(&schema)).await
 }
 
 /// The aggregates over the orders at positions `0..n`.
@@ -185,7 +192,7 @@ pub(crate) async fn compute(
     cut(current, &mut row, &mut pairs);
     if m > 0 {
         let members: Vec<(u32, u32, u32)> = gram_items.iter().enumerate().map(|(g, &i)| (i, g as u32, 0)).collect();
-        register_pairs(ctx, "gram", ["item", "g", "unused"], &members)?;
+        register_pairs(ctx, work, "gram", ["item", "g", "unused"], &members).await?;
     }
 
     // the most co-bought pairs of Gram items and their Gram rows (three- and four-way joins)
@@ -194,7 +201,7 @@ pub(crate) async fn compute(
     if !selected.is_empty() {
         let sel: Vec<(u32, u32, u32)> =
             selected.iter().enumerate().map(|(p, &(a, b))| (p as u32, gram_items[a as usize], gram_items[b as usize])).collect();
-        register_pairs(ctx, "sel", ["p", "ia", "ib"], &sel)?;
+        register_pairs(ctx, work, "sel", ["p", "ia", "ib"], &sel).await?;
         // the orders holding each selected pair, written once (at most the pairs' co-purchase
         // counts), then joined with their items and with each other
         let dir = write_table(

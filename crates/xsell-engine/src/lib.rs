@@ -1,4 +1,5 @@
-//! The aggregate pass on a query engine: DataFusion in process, out of core.
+//! The aggregate pass on a query engine: DataFusion in process, out of core, or the same plans
+//! on a Ballista cluster ([`Cluster`], with the `ballista` feature).
 //!
 //! [`Engine::open`] reads an order log (a file, a directory with hive partitions, or a glob, with
 //! the same column renames and schema checks as `xsell_data::read_log`) through DataFusion and
@@ -29,6 +30,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -101,6 +103,29 @@ pub enum EngineError {
 /// Result of engine calls.
 pub type Result<T> = std::result::Result<T, EngineError>;
 
+/// Where the engine's plans run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Cluster {
+    /// DataFusion in this process.
+    #[default]
+    Local,
+    /// A Ballista cluster, by its scheduler's URL (`df://host:port`). The input and the work
+    /// directory must be on storage every executor reads and writes under the same path.
+    Ballista(String),
+    /// Ballista's standalone mode: a scheduler and an executor in this process.
+    BallistaStandalone,
+}
+
+impl std::fmt::Display for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cluster::Local => f.write_str("DataFusion in process"),
+            Cluster::Ballista(url) => write!(f, "the Ballista cluster at {url}"),
+            Cluster::BallistaStandalone => f.write_str("Ballista standalone (in process)"),
+        }
+    }
+}
+
 /// How the engine runs.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -111,11 +136,13 @@ pub struct EngineConfig {
     pub work_dir: Option<PathBuf>,
     /// Partitions each plan runs in (0: the machine's cores).
     pub partitions: usize,
+    /// Where the plans run.
+    pub cluster: Cluster,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { memory_limit: default_memory_limit(), work_dir: None, partitions: 0 }
+        Self { memory_limit: default_memory_limit(), work_dir: None, partitions: 0, cluster: Cluster::Local }
     }
 }
 
@@ -220,13 +247,14 @@ impl Engine {
             .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill])))
             .build_arc()
             .map_err(|e| engine("runtime", e))?;
-        let config = SessionConfig::new()
+        let config = session_config(&cfg.cluster, partitions)
             .with_target_partitions(partitions)
             .with_batch_size(8192)
             // hash joins cannot spill in DataFusion 55; sort-merge joins can
             .set_bool("datafusion.optimizer.prefer_hash_join", false)
             .set_bool("datafusion.execution.parquet.pushdown_filters", true);
-        let ctx = SessionContext::new_with_config_rt(config, env);
+        let state = SessionStateBuilder::new().with_config(config).with_runtime_env(env).with_default_features().build();
+        let ctx = runtime.block_on(context(&cfg.cluster, state))?;
         let mut engine = Engine {
             runtime,
             ctx,
@@ -320,12 +348,55 @@ impl Engine {
 
     fn error(&self, what: &'static str, e: DataFusionError) -> EngineError {
         match e.find_root() {
-            DataFusionError::ResourcesExhausted(detail) => {
-                let detail: String = detail.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(400).collect();
-                EngineError::MemoryLimit { limit: format_size(self.limit), detail }
-            }
-            _ => engine(what, e),
+            DataFusionError::ResourcesExhausted(detail) => self.memory_limit(detail),
+            // a cluster's executors report it as text inside the failed job's error
+            root => match root.to_string().split_once("Resources exhausted") {
+                Some((_, detail)) => self.memory_limit(detail),
+                None => engine(what, e),
+            },
         }
+    }
+
+    fn memory_limit(&self, detail: &str) -> EngineError {
+        let detail: String = detail.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(400).collect();
+        EngineError::MemoryLimit { limit: format_size(self.limit), detail }
+    }
+}
+
+/// The session's base settings: Ballista's own for a Ballista session.
+fn session_config(cluster: &Cluster, _partitions: usize) -> SessionConfig {
+    match cluster {
+        Cluster::Local => SessionConfig::new(),
+        #[cfg(feature = "ballista")]
+        _ => {
+            use ballista::prelude::SessionConfigExt;
+            SessionConfig::new_with_ballista().with_ballista_standalone_parallelism(_partitions)
+        }
+        #[cfg(not(feature = "ballista"))]
+        _ => SessionConfig::new(),
+    }
+}
+
+/// The session on `cluster` (for Ballista, the scheduler connected to or started; in standalone
+/// mode the executor shares `state`'s memory pool and spill directory).
+async fn context(cluster: &Cluster, state: datafusion::execution::SessionState) -> Result<SessionContext> {
+    match cluster {
+        Cluster::Local => Ok(SessionContext::new_with_state(state)),
+        #[cfg(feature = "ballista")]
+        Cluster::Ballista(url) => {
+            use ballista::prelude::SessionContextExt;
+            SessionContext::remote_with_state(url, state).await.map_err(|e| engine("connecting to the Ballista scheduler", e))
+        }
+        #[cfg(feature = "ballista")]
+        Cluster::BallistaStandalone => {
+            use ballista::prelude::SessionContextExt;
+            SessionContext::standalone_with_state(state).await.map_err(|e| engine("starting Ballista standalone", e))
+        }
+        #[cfg(not(feature = "ballista"))]
+        other => Err(EngineError::BadSetting {
+            setting: "engine (--engine)",
+            reason: format!("{other} needs a build with Ballista: cargo build --release --features ballista"),
+        }),
     }
 }
 
@@ -347,11 +418,15 @@ fn dir_size(p: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs `sql`, writes its result as parquet files under `work/name/` and registers them as the
-/// table `name` (with the plan's schema, so an empty result is an empty table).
+/// Runs `sql`, writes its result as parquet files under a fresh `work/name-N/` and registers them
+/// as the table `name` (with the plan's schema, so an empty result is an empty table). Each
+/// write gets its own directory: a cluster's scheduler may keep the file listing of a path it
+/// has seen.
 pub(crate) async fn write_table(ctx: &SessionContext, work: &Path, name: &str, sql: &str) -> datafusion::error::Result<String> {
+    static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let start = std::time::Instant::now();
-    let dir = work.join(name).to_string_lossy().into_owned() + "/";
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = work.join(format!("{name}-{n}")).to_string_lossy().into_owned() + "/";
     let df = ctx.sql(sql).await?;
     let schema = df.schema().as_arrow().clone();
     df.write_parquet(&dir, datafusion::dataframe::DataFrameWriteOptions::new(), None).await?;

@@ -5,10 +5,10 @@ use xsell_core::{Aggregates, OrderLog};
 use xsell_data::generate::{GenerateConfig, generate};
 use xsell_data::{ColumnMap, RawLine, write_lines};
 
-use crate::{Engine, EngineConfig, EngineError, parse_size};
+use crate::{Cluster, Engine, EngineConfig, EngineError, parse_size};
 
 fn small_engine_config(dir: &Path) -> EngineConfig {
-    EngineConfig { memory_limit: 64 << 20, work_dir: Some(dir.to_path_buf()), partitions: 2 }
+    EngineConfig { memory_limit: 64 << 20, work_dir: Some(dir.to_path_buf()), partitions: 2, cluster: Cluster::Local }
 }
 
 /// `log` renumbered as the engine numbers it: items and customers in id order.
@@ -76,12 +76,34 @@ fn generated_dir(dir: &Path) -> Vec<RawLine> {
 
 #[test]
 fn the_engine_counts_what_the_in_memory_pass_counts() {
+    counts_what_the_in_memory_pass_counts(Cluster::Local);
+}
+
+/// The same plans on Ballista, a scheduler and an executor in this process.
+#[cfg(feature = "ballista")]
+#[test]
+fn ballista_standalone_counts_what_the_in_memory_pass_counts() {
+    counts_what_the_in_memory_pass_counts(Cluster::BallistaStandalone);
+}
+
+#[cfg(not(feature = "ballista"))]
+#[test]
+fn ballista_without_the_feature_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("log");
+    generated_dir(&input);
+    let cfg = EngineConfig { cluster: Cluster::BallistaStandalone, ..small_engine_config(tmp.path()) };
+    let err = Engine::open(&input.to_string_lossy(), &ColumnMap::default(), &cfg).unwrap_err();
+    assert!(err.to_string().contains("--features ballista"), "{err}");
+}
+
+fn counts_what_the_in_memory_pass_counts(cluster: Cluster) {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("log");
     generated_dir(&input);
     let spec = input.to_string_lossy().into_owned();
     let log = in_engine_order(&xsell_data::read_log(&spec).unwrap());
-    let engine = Engine::open(&spec, &ColumnMap::default(), &small_engine_config(tmp.path())).unwrap();
+    let engine = Engine::open(&spec, &ColumnMap::default(), &EngineConfig { cluster, ..small_engine_config(tmp.path()) }).unwrap();
     assert_eq!(engine.catalog.ids, log.catalog.ids);
     assert_eq!(engine.catalog.categories, log.catalog.categories);
     assert_eq!(engine.customers, log.customers);
