@@ -139,6 +139,29 @@ fn training_on_the_engine_writes_a_working_bundle() {
     assert_eq!(ranked.items.len(), 5);
     // the work directory is cleaned up
     assert_eq!(std::fs::read_dir(dir.path().join("work")).unwrap().count(), 0);
+
+    // the same training with the plans on Ballista standalone (a scheduler and an executor in
+    // the process) counts the same: the same catalog and customers
+    #[cfg(feature = "ballista")]
+    {
+        run(&[
+            "train",
+            "--orders",
+            "o.parquet",
+            "--config",
+            "hp.json",
+            "--name",
+            "bal",
+            "--engine",
+            "ballista:standalone",
+            "--work-dir",
+            "work",
+        ]);
+        let bal = xsell_model::load_latest(&dir.path().join("models/bal")).unwrap();
+        assert_eq!(bal.model.parts().items, df.model.parts().items);
+        assert_eq!(bal.model.parts().customers, df.model.parts().customers);
+        assert_eq!(bal.model.parts().history, df.model.parts().history);
+    }
 }
 
 /// `xsell train --update`: the newer orders of a log folded into a bundle's stored counts; older
