@@ -8,7 +8,7 @@ use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_cast::cast::{CastOptions, can_cast_types, cast_with_options};
 use arrow_schema::{DataType, TimeUnit};
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use xsell_core::{LogBuilder, LogLine, OrderLog};
 
 use crate::{DataError, Result};
@@ -285,12 +285,20 @@ impl Source {
     }
 }
 
+/// A reader of a parquet file that takes its arrow types from the parquet schema, never from
+/// the embedded arrow schema (`ARROW:schema`): decoding a damaged one panics inside arrow-ipc 59
+/// (found by `arbitrary_parquet_files_never_panic`), and the parquet types are what the checks
+/// below need.
+pub(crate) fn reader_builder(file: std::fs::File) -> parquet::errors::Result<ParquetRecordBatchReaderBuilder<std::fs::File>> {
+    ParquetRecordBatchReaderBuilder::try_new_with_options(file, ArrowReaderOptions::new().with_skip_arrow_metadata(true))
+}
+
 impl FilePlan {
     /// Checks `path`'s schema (from its footer only) against `columns`.
     pub fn new(path: &Path, columns: &ColumnMap) -> Result<Self> {
         let pq = |source| DataError::Parquet { path: path.to_path_buf(), source };
         let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?;
+        let reader = reader_builder(file).map_err(pq)?;
         Self::from_schema(path, reader.schema(), columns)
     }
 
@@ -348,7 +356,7 @@ impl FilePlan {
 fn read_file(path: &Path, columns: &ColumnMap, builder: &mut LogBuilder, progress: &mut dyn FnMut(u64)) -> Result<()> {
     let pq = |source| DataError::Parquet { path: path.to_path_buf(), source };
     let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?;
+    let reader = reader_builder(file).map_err(pq)?;
     let plan = FilePlan::from_schema(path, reader.schema(), columns)?;
     // projected batches keep the file's column order: each field's position in them
     let mut sorted: Vec<usize> = plan.sources.iter().filter_map(Source::file_index).collect();

@@ -7,7 +7,6 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::Float32Type;
 use arrow_array::{Array, ArrayRef, Float32Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use xsell_core::model::{CustomerTable, ItemTable};
 
 use crate::write::write_batch;
@@ -64,7 +63,7 @@ pub fn write_customers(path: &Path, customers: &CustomerTable, lines: &[f32]) ->
 pub(crate) fn read_batches(path: &Path) -> Result<Vec<RecordBatch>> {
     let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.into(), source })?;
     let pq = |source| DataError::Parquet { path: path.into(), source };
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?.build().map_err(pq)?;
+    let reader = crate::read::reader_builder(file).map_err(pq)?.build().map_err(pq)?;
     reader.map(|b| b.map_err(|e| pq(e.into()))).collect()
 }
 
