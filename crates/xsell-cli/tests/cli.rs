@@ -6,6 +6,16 @@ fn xsell() -> Command {
     Command::new(env!("CARGO_BIN_EXE_xsell"))
 }
 
+/// Runs `xsell args` in `dir`, expecting success; returns its stdout.
+fn ok_in(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = xsell().args(args).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Hyperparameters small enough for a test to train in seconds.
+const SMALL_HP: &str = r#"{"dim": 8, "max_steps": 100, "ranker_epochs": 5, "ranker_hidden": 0}"#;
+
 #[test]
 fn a_closed_stdout_ends_the_command_quietly() {
     let mut child = xsell().args(["serve", "--print-config"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
@@ -44,13 +54,9 @@ fn bad_settings_are_one_line_errors_naming_the_setting() {
 fn batch_writes_a_campaign_for_every_customer() {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        let out = xsell().args(args).current_dir(dir.path()).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = |args: &[&str]| ok_in(dir.path(), args);
     run(&["generate", "--out", "o.parquet", "--orders", "800", "--customers", "40"]);
-    std::fs::write(dir.path().join("hp.json"), r#"{"dim": 8, "max_steps": 100, "ranker_epochs": 5, "ranker_hidden": 0}"#).unwrap();
+    std::fs::write(dir.path().join("hp.json"), SMALL_HP).unwrap();
     run(&["train", "--orders", "o.parquet", "--config", "hp.json", "--name", "m"]);
     let said = run(&["batch", "--name", "m", "--out", "c.parquet", "--touchpoint", "email", "--batch-customers", "7", "--explain"]);
     assert!(said.contains("customers ranked"), "{said}");
@@ -101,13 +107,9 @@ fn batch_writes_a_campaign_for_every_customer() {
 #[test]
 fn training_on_the_engine_writes_a_working_bundle() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        let out = xsell().args(args).current_dir(dir.path()).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = |args: &[&str]| ok_in(dir.path(), args);
     run(&["generate", "--out", "o.parquet", "--orders", "1500", "--customers", "60"]);
-    std::fs::write(dir.path().join("hp.json"), r#"{"dim": 8, "max_steps": 100, "ranker_epochs": 5, "ranker_hidden": 0}"#).unwrap();
+    std::fs::write(dir.path().join("hp.json"), SMALL_HP).unwrap();
     let said = run(&[
         "train",
         "--orders",
@@ -177,13 +179,9 @@ fn an_update_folds_newer_orders_into_the_latest_bundle() {
     let (old, new): (Vec<_>, Vec<_>) = lines.into_iter().partition(|l| l.ts.unwrap() < cut);
     xsell_data::write_lines(&dir.path().join("old.parquet"), &old).unwrap();
     xsell_data::write_lines(&dir.path().join("new.parquet"), &new).unwrap();
-    std::fs::write(dir.path().join("hp.json"), r#"{"dim": 8, "max_steps": 100, "ranker_epochs": 5, "ranker_hidden": 0}"#).unwrap();
+    std::fs::write(dir.path().join("hp.json"), SMALL_HP).unwrap();
     let run = |args: &[&str]| xsell().args(args).current_dir(dir.path()).output().unwrap();
-    let ok = |args: &[&str]| {
-        let out = run(args);
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let ok = |args: &[&str]| ok_in(dir.path(), args);
     let refused = |args: &[&str], why: &str| {
         let out = run(args);
         let err = String::from_utf8_lossy(&out.stderr);

@@ -255,16 +255,16 @@ fn ease_setting(ease: Option<&EaseReport>) -> Option<EaseSetting> {
 /// with `choices` kept. Returns the parts and how EASE was fitted.
 fn refit(
     log: &OrderLog,
-    mut agg: Aggregates,
+    agg: &mut Aggregates,
     cfg: &TrainConfig,
     choices: &Choices,
     warm: Option<Warm<'_>>,
     timer: &mut Timer<'_>,
     progress: &mut dyn Progress,
 ) -> Result<(ModelParts, Option<EaseReport>)> {
-    let (mut parts, spaces) = build(log, &agg, cfg, choices.ranker.clone(), warm, progress)?;
+    let (mut parts, spaces) = build(log, agg, cfg, choices.ranker.clone(), warm, progress)?;
     timer.lap("refit embeddings");
-    let ease = fit_ease(&mut agg, &spaces, &mut parts, cfg, choices.ease, &[])?;
+    let ease = fit_ease(agg, &spaces, &mut parts, cfg, choices.ease, &[])?;
     timer.lap("refit ease");
     choices.apply(&mut parts);
     Ok((parts, ease))
@@ -295,11 +295,11 @@ pub fn update(
     let agg_cfg = refit_aggregate_config(cfg, choices);
     progress.start("merge counts", 1);
     let tally = tally.merge(newer, &agg_cfg).map_err(|e| TrainError::Counts(e.to_string()))?;
-    let agg = tally.aggregates(&agg_cfg);
+    let mut agg = tally.aggregates(&agg_cfg);
     progress.finish();
     timer.lap("merge");
     let log = tally.as_log();
-    let (parts, ease) = refit(&log, agg.clone(), cfg, choices, warm, &mut timer, progress)?;
+    let (parts, ease) = refit(&log, &mut agg, cfg, choices, warm, &mut timer, progress)?;
     let report = TrainReport {
         orders: tally.n_orders as usize,
         items: parts.items.ids.len(),
@@ -704,13 +704,13 @@ pub fn train_from(input: &TrainInput<'_>, cfg: &ValidTrainConfig, progress: &mut
         // the refit's counts come from the tally when the pass gives one, so that a model
         // updated from the stored tally is the model this refit makes
         let tally = tally_of(counts, cutoff_ts, &agg_cfg)?;
-        let agg = match &tally {
+        let mut agg = match &tally {
             Some(t) => t.aggregates(&agg_cfg),
             None => counts.aggregates(n_orders, cutoff_ts, &agg_cfg)?,
         };
         progress.finish();
         timer.lap("refit aggregates");
-        let (parts, ease) = refit(log, agg.clone(), cfg, &choices, None, &mut timer, progress)?;
+        let (parts, ease) = refit(log, &mut agg, cfg, &choices, None, &mut timer, progress)?;
         if let Some(e) = ease {
             let (trials, tail_trial) = report.ease.take().map(|r| (r.trials, r.tail_trial)).unwrap_or_default();
             report.ease = Some(EaseReport { trials, tail_trial, ..e });
