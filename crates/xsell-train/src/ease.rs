@@ -22,8 +22,9 @@
 //! at most `ease_pairs` pairs (the aggregate pass counts their Gram,
 //! [`xsell_core::aggregate::Aggregates::extended_gram`]); the served model keeps the strongest
 //! entries of each row ([`fit_sparse`]); the items beyond it get rows from blocks of
-//! co-purchase-connected items, each its own small EASE ([`fit_tail`]). The inversion is a blocked Gauss-Jordan sweep whose
-//! work is all matrix products (ndarray's `general_mat_mul`), split over the rayon pool by rows.
+//! co-purchase-connected items, each its own small EASE ([`fit_tail`]). The inversion is a blocked Cholesky
+//! factorisation, triangular inverse and product ([`spd_inverse`]) whose work is nearly all matrix products
+//! (ndarray's `general_mat_mul`), split over the rayon pool.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, Axis, s};
@@ -411,49 +412,127 @@ fn keep_strongest(r: &mut Vec<(u32, f32)>, keep: usize) {
 
 const BLOCK: usize = 192;
 
-/// Inverts a symmetric positive definite matrix in place.
+/// Inverts a symmetric positive definite matrix in place: `A = L·Lᵀ` (blocked Cholesky), then
+/// `W = L⁻¹`, then `A⁻¹ = Wᵀ·W`, each about `n³/3` multiply-adds, nearly all of them in matrix
+/// products (ndarray's `general_mat_mul`) over the rayon pool: half the work of a Gauss-Jordan
+/// sweep. Errors when a pivot is not positive (the matrix is not positive definite).
 pub fn spd_inverse(a: &mut Array2<f64>) -> Result<()> {
     let n = a.nrows();
     if a.ncols() != n {
         return Err(TrainError::Tensor(format!("cannot invert a {}×{} matrix", n, a.ncols())));
     }
-    let mut k0 = 0;
-    while k0 < n {
-        let k1 = (k0 + BLOCK).min(n);
-        let mut p = a.slice(s![k0..k1, k0..k1]).to_owned();
-        small_inverse(&mut p)?;
-        let c = a.slice(s![.., k0..k1]).to_owned();
-        // new pivot rows: P · A[K, :]
-        let mut r = Array2::<f64>::zeros((k1 - k0, n));
-        general_mat_mul(1.0, &p, &a.slice(s![k0..k1, ..]), 0.0, &mut r);
-        let (top, rest) = a.view_mut().split_at(Axis(0), k0);
-        let (_, bottom) = rest.split_at(Axis(0), k1 - k0);
-        let (c_top, rest) = c.view().split_at(Axis(0), k0);
-        let (_, c_bottom) = rest.split_at(Axis(0), k1 - k0);
-        rayon::join(|| sweep_rows(top, c_top, r.view(), p.view(), k0), || sweep_rows(bottom, c_bottom, r.view(), p.view(), k0));
-        a.slice_mut(s![k0..k1, ..]).assign(&r);
-        a.slice_mut(s![k0..k1, k0..k1]).assign(&p);
-        k0 = k1;
+    let blocks: Vec<(usize, usize)> = (0..n).step_by(BLOCK).map(|k0| (k0, (k0 + BLOCK).min(n))).collect();
+    // 1. L in the lower triangle (the diagonal blocks' upper halves zeroed), right-looking
+    for &(k0, k1) in &blocks {
+        let mut d = a.slice(s![k0..k1, k0..k1]).to_owned();
+        small_cholesky(&mut d)?;
+        if k1 < n {
+            let inv = lower_inverse(&d);
+            // the panel below: A21 · L11⁻ᵀ
+            let mut panel = Array2::<f64>::zeros((n - k1, k1 - k0));
+            par_rows(panel.view_mut(), a.slice(s![k1.., k0..k1]), |c, x| general_mat_mul(1.0, &x, &inv.t(), 0.0, c));
+            a.slice_mut(s![k1.., k0..k1]).assign(&panel);
+            // the trailing lower triangle, by row chunks: A22[r, ..r_end] −= panel[r] · panel[..r_end]ᵀ
+            let mut chunks: Vec<(usize, ArrayViewMut2<'_, f64>)> = Vec::new();
+            let mut rest = a.slice_mut(s![k1.., k1..]);
+            let mut r0 = 0;
+            while rest.nrows() > 0 {
+                let take = BLOCK.min(rest.nrows());
+                let (head, tail) = rest.split_at(Axis(0), take);
+                chunks.push((r0, head));
+                rest = tail;
+                r0 += take;
+            }
+            chunks.into_par_iter().for_each(|(r0, mut c)| {
+                let r1 = r0 + c.nrows();
+                general_mat_mul(-1.0, &panel.slice(s![r0..r1, ..]), &panel.slice(s![..r1, ..]).t(), 1.0, &mut c.slice_mut(s![.., ..r1]));
+            });
+        }
+        a.slice_mut(s![k0..k1, k0..k1]).assign(&d);
+    }
+    // 2. W = L⁻¹ in place, block row by block row: W[I, J] = −W[I, I] · L[I, J..I] · W[J..I, J]
+    for (bi, &(i0, i1)) in blocks.iter().enumerate() {
+        let wii = lower_inverse(&a.slice(s![i0..i1, i0..i1]).to_owned());
+        let li = a.slice(s![i0..i1, ..i0]).to_owned();
+        let view = a.view();
+        let row: Vec<Array2<f64>> =
+            blocks[..bi].par_iter().map(|&(j0, j1)| -wii.dot(&li.slice(s![.., j0..]).dot(&view.slice(s![j0..i0, j0..j1])))).collect();
+        for (&(j0, j1), w) in blocks.iter().zip(&row) {
+            a.slice_mut(s![i0..i1, j0..j1]).assign(w);
+        }
+        a.slice_mut(s![i0..i1, i0..i1]).assign(&wii);
+    }
+    // 3. A⁻¹ = Wᵀ · W: block (I, J ≤ I) = W[I.., I]ᵀ · W[I.., J], written transposed above the
+    // diagonal blocks (free: W is lower) and on the diagonal block once W[I, I] is read
+    for (bi, &(i0, i1)) in blocks.iter().enumerate() {
+        let view = a.view();
+        let col = view.slice(s![i0.., i0..i1]);
+        let row: Vec<Array2<f64>> = blocks[..=bi].par_iter().map(|&(j0, j1)| col.t().dot(&view.slice(s![i0.., j0..j1]))).collect();
+        for (&(j0, j1), r) in blocks.iter().zip(&row) {
+            if j0 < i0 {
+                a.slice_mut(s![j0..j1, i0..i1]).assign(&r.t());
+            } else {
+                a.slice_mut(s![i0..i1, i0..i1]).assign(r);
+            }
+        }
+    }
+    // the lower half, mirrored
+    for (bi, &(i0, i1)) in blocks.iter().enumerate() {
+        for &(j0, j1) in &blocks[..bi] {
+            let upper = a.slice(s![j0..j1, i0..i1]).t().to_owned();
+            a.slice_mut(s![i0..i1, j0..j1]).assign(&upper);
+        }
     }
     Ok(())
 }
 
-/// `A[o, :] −= C[o] · R`, then `A[o, K] = −C[o] · P`, in row chunks over the rayon pool.
-fn sweep_rows(mut a: ArrayViewMut2<'_, f64>, c: ArrayView2<'_, f64>, r: ArrayView2<'_, f64>, p: ArrayView2<'_, f64>, k0: usize) {
-    const CHUNK: usize = 512;
-    if a.nrows() > CHUNK {
-        let mid = a.nrows() / 2;
-        let (a1, a2) = a.split_at(Axis(0), mid);
-        let (c1, c2) = c.split_at(Axis(0), mid);
-        rayon::join(|| sweep_rows(a1, c1, r, p, k0), || sweep_rows(a2, c2, r, p, k0));
-        return;
+/// `f(c, x)` on row chunks of `c` and the same rows of `x`, over the rayon pool.
+fn par_rows(c: ArrayViewMut2<'_, f64>, x: ArrayView2<'_, f64>, f: impl Fn(&mut ArrayViewMut2<'_, f64>, ArrayView2<'_, f64>) + Sync) {
+    fn go<F: Fn(&mut ArrayViewMut2<'_, f64>, ArrayView2<'_, f64>) + Sync>(mut c: ArrayViewMut2<'_, f64>, x: ArrayView2<'_, f64>, f: &F) {
+        if c.nrows() > 512 {
+            let mid = c.nrows() / 2;
+            let (c1, c2) = c.split_at(Axis(0), mid);
+            let (x1, x2) = x.split_at(Axis(0), mid);
+            rayon::join(|| go(c1, x1, f), || go(c2, x2, f));
+        } else if c.nrows() > 0 {
+            f(&mut c, x);
+        }
     }
-    if a.nrows() == 0 {
-        return;
+    go(c, x, &f);
+}
+
+/// Unblocked Cholesky of a small SPD block: `L` in the lower triangle, the upper zeroed.
+fn small_cholesky(a: &mut Array2<f64>) -> Result<()> {
+    let n = a.nrows();
+    for j in 0..n {
+        let d = a[[j, j]] - (0..j).map(|k| a[[j, k]] * a[[j, k]]).sum::<f64>();
+        if !(d.is_finite() && d > 1e-12) {
+            return Err(TrainError::Tensor("the regularized Gram matrix is not positive definite".into()));
+        }
+        let d = d.sqrt();
+        a[[j, j]] = d;
+        for i in j + 1..n {
+            let v = a[[i, j]] - (0..j).map(|k| a[[i, k]] * a[[j, k]]).sum::<f64>();
+            a[[i, j]] = v / d;
+            a[[j, i]] = 0.0;
+        }
     }
-    general_mat_mul(-1.0, &c, &r, 1.0, &mut a);
-    let mut ak = a.slice_mut(s![.., k0..k0 + p.nrows()]);
-    general_mat_mul(-1.0, &c, &p, 0.0, &mut ak);
+    Ok(())
+}
+
+/// The inverse of a small lower-triangular block with a positive diagonal.
+fn lower_inverse(l: &Array2<f64>) -> Array2<f64> {
+    let mut x = l.clone();
+    for i in 0..x.nrows() {
+        let lii = x[[i, i]];
+        for j in 0..i {
+            // x[i, j] = −(Σ_{k=j}^{i−1} l[i, k] · x[k, j]) / l[i, i]; row i still holds L at k ≥ j
+            let s: f64 = (j..i).map(|k| x[[i, k]] * x[[k, j]]).sum();
+            x[[i, j]] = -s / lii;
+        }
+        x[[i, i]] = 1.0 / lii;
+    }
+    x
 }
 
 /// Unblocked Gauss-Jordan inverse of a small SPD block.
