@@ -33,15 +33,24 @@ pub struct TrainArgs {
     /// Fold --orders (orders all newer than the model's) into the latest bundle of --name and
     /// refit from the counts stored with it, without rescanning its orders. The bundle's
     /// hyperparameters and choices (rankers, EASE's λ, candidate budget) are kept; a full
-    /// retrain chooses them again.
+    /// retrain chooses them again. Every count, EASE and the neighbour lists are refitted on the
+    /// merged counts; the embeddings continue from the bundle's for a share of a fresh fit's
+    /// steps (--warm; new items start fresh, known items keep their latent categories) unless
+    /// --exact refits them too.
     #[arg(long, conflicts_with_all = ["config", "seed", "dim"])]
     pub update: bool,
-    /// With --update: continue the bundle's embeddings for this share of a fresh fit's steps
-    /// (new items start fresh; known items keep their latent categories) instead of refitting
-    /// them. Faster; the model is then no longer the one a full retrain would make.
+    /// With --update: the share of a fresh fit's steps the embeddings continue for.
     #[arg(long, requires = "update", num_args = 0..=1, default_missing_value = "0.1", value_name = "SHARE", value_parser = share)]
     pub warm: Option<f64>,
+    /// With --update: refit the embeddings from scratch, so that the model is the one a full
+    /// retrain on the union refits with the bundle's choices (slower: the embeddings are most of
+    /// an update's time).
+    #[arg(long, requires = "update", conflicts_with = "warm")]
+    pub exact: bool,
 }
+
+/// The share of a fresh fit's steps an update's embeddings continue for, without --warm.
+pub const WARM_SHARE: f64 = 0.1;
 
 fn share(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -135,6 +144,9 @@ impl xsell_train::Counts for EngineCounts<'_> {
     }
     fn order_ts(&self, pos: usize) -> xsell_train::Result<Option<i64>> {
         self.0.order_ts(pos).map_err(|e| xsell_train::TrainError::Counts(e.to_string()))
+    }
+    fn tally(&self, cfg: &xsell_core::aggregate::AggregateConfig) -> xsell_train::Result<Option<xsell_core::Tally>> {
+        self.0.tally(cfg).map(Some).map_err(|e| xsell_train::TrainError::Counts(e.to_string()))
     }
 }
 
@@ -310,8 +322,8 @@ fn update(a: TrainArgs) -> anyhow::Result<()> {
         .with_context(|| format!("reading the counts stored with {}", path.display()))?
         .with_context(|| {
             format!(
-                "{}: the bundle has no stored counts ({}/), so it cannot be updated: it was trained with --engine datafusion or by an \
-                 older build; train it once without --update",
+                "{}: the bundle has no stored counts ({}/), so it cannot be updated: it was trained by an older build; train it once \
+                 without --update",
                 path.display(),
                 xsell_model::AGGREGATES
             )
@@ -338,16 +350,21 @@ fn update(a: TrainArgs) -> anyhow::Result<()> {
         );
     }
     let before = tally.n_orders;
-    let warm = a.warm.map(|steps_share| xsell_train::Warm { parts: bundle.model.parts(), steps_share });
+    let warm_share = (!a.exact).then(|| a.warm.unwrap_or(WARM_SHARE));
+    let warm = warm_share.map(|steps_share| xsell_train::Warm { parts: bundle.model.parts(), steps_share });
     let mut fitted = xsell_train::update(tally, &newer, &choices, &report, &cfg, warm, &mut Bars::default())?;
     drop(bundle);
     fitted.report.updated_from =
-        Some(xsell_train::UpdateReport { version: version.clone(), new_orders: orders.len(), new_lines: log.lines_read });
+        Some(xsell_train::UpdateReport { version: version.clone(), new_orders: orders.len(), new_lines: log.lines_read, warm: warm_share });
     let source = format!("{} (update of {version})", a.orders);
     let saved =
         xsell_model::save_with_tally(&dir, manifest(&a.name, &source, &sha, &log, &hyper, &fitted), &fitted.parts, fitted.tally.as_ref())
             .with_context(|| format!("writing the bundle under {}", dir.display()))?;
-    outln!("updated {version}: {before} orders + {} new = {} orders", orders.len(), fitted.report.orders);
+    let embeddings = match warm_share {
+        Some(share) => format!("embeddings continued for {:.0} % of a fresh fit's steps", share * 100.0),
+        None => "every part refitted (--exact)".into(),
+    };
+    outln!("updated {version}: {before} orders + {} new = {} orders; {embeddings}", orders.len(), fitted.report.orders);
     print_summary(&fitted.report, read_secs, start.elapsed().as_secs_f64());
     outln!("model bundle: {}", saved.display());
     Ok(())

@@ -195,12 +195,13 @@ fn an_update_folds_newer_orders_into_the_latest_bundle() {
 
     // a warm update of a copy: its embeddings continue from the bundle's
     ok(&["train", "--orders", "old.parquet", "--config", "hp.json", "--name", "w"]);
-    let said = ok(&["train", "--update", "--warm", "--orders", "new.parquet", "--name", "w"]);
-    assert!(said.contains("updated"), "{said}");
+    let said = ok(&["train", "--update", "--orders", "new.parquet", "--name", "w"]);
+    assert!(said.contains("updated") && said.contains("embeddings continued for 10 %"), "{said}");
     let warmed = xsell_model::load_latest(&dir.path().join("models/w")).unwrap();
+    assert_eq!(warmed.manifest.metrics["updated_from"]["warm"], 0.1);
 
-    let said = ok(&["train", "--update", "--orders", "new.parquet", "--name", "m"]);
-    assert!(said.contains(&format!("updated {first}")), "{said}");
+    let said = ok(&["train", "--update", "--exact", "--orders", "new.parquet", "--name", "m"]);
+    assert!(said.contains(&format!("updated {first}")) && said.contains("--exact"), "{said}");
     let updated = xsell_model::load_latest(&models).unwrap();
     assert_ne!(updated.manifest.version, first);
     let new_orders = xsell_data::read_log(&dir.path().join("new.parquet").to_string_lossy()).unwrap().orders.len();
@@ -212,11 +213,26 @@ fn an_update_folds_newer_orders_into_the_latest_bundle() {
     assert_eq!(warmed.model.parts().items.ids, updated.model.parts().items.ids);
     assert_ne!(warmed.model.parts().emb_in, updated.model.parts().emb_in);
 
+    // a bundle trained on the engine keeps its counts too, and takes the same update
+    ok(&["train", "--orders", "old.parquet", "--config", "hp.json", "--name", "e", "--engine", "datafusion", "--memory-limit", "64MB"]);
+    let said = ok(&["train", "--update", "--orders", "new.parquet", "--name", "e"]);
+    assert!(said.contains("updated"), "{said}");
+    let engine_updated = xsell_model::load_latest(&dir.path().join("models/e")).unwrap();
+    assert_eq!(engine_updated.manifest.n_orders, updated.manifest.n_orders);
+    let sorted = |ids: &[String]| {
+        let mut v = ids.to_vec();
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(&engine_updated.model.parts().items.ids), sorted(&updated.model.parts().items.ids));
+    assert_eq!(sorted(&engine_updated.model.parts().customers.ids), sorted(&updated.model.parts().customers.ids));
+
     // the same orders again are not newer; the bundle stays as it is
     refused(&["train", "--update", "--orders", "new.parquet", "--name", "m"], "not after the newest order");
     assert_eq!(xsell_model::latest_version(&models).unwrap(), updated.manifest.version);
     refused(&["train", "--update", "--orders", "new.parquet", "--name", "m", "--seed", "3"], "--seed");
     refused(&["train", "--update", "--orders", "new.parquet", "--name", "m", "--warm", "1.5"], "not a share");
+    refused(&["train", "--update", "--orders", "new.parquet", "--name", "m", "--warm", "--exact"], "--exact");
     refused(&["train", "--orders", "new.parquet", "--name", "m", "--warm"], "--update");
     std::fs::remove_dir_all(models.join(&updated.manifest.version).join("aggregates")).unwrap();
     refused(&["train", "--update", "--orders", "new.parquet", "--name", "m"], "no stored counts");

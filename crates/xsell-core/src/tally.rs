@@ -184,14 +184,21 @@ impl Tally {
                 .collect::<Vec<_>>(),
         );
         t.tracked = match track {
-            Track::Strongest => {
-                let (items, gram) = t.gram(cfg.gram_items);
-                gram_pairs(&gram, cfg.gram_pairs).into_iter().map(|(a, b)| (items[a as usize], items[b as usize])).collect()
-            }
+            Track::Strongest => t.strongest_pairs(cfg),
             Track::Given(p) => p.to_vec(),
         };
         (t.tracked_items, t.tracked_pairs) = count_tracked(&t.tracked, &by_item, n_items, items_of);
         t
+    }
+
+    /// The pairs [`Track::Strongest`] tracks: the most co-bought pairs of the Gram items, as
+    /// [`Aggregates::compute`] selects them from these counts.
+    pub fn strongest_pairs(&self, cfg: &AggregateConfig) -> Vec<(ItemIx, ItemIx)> {
+        let (items, gram) = self.gram(cfg.gram_items);
+        if items.len() < 2 {
+            return Vec::new();
+        }
+        gram_pairs(&gram, cfg.gram_pairs).into_iter().map(|(a, b)| (items[a as usize], items[b as usize])).collect()
     }
 
     /// The `k` most-bought items and their Gram (diagonal: orders that count toward pairs).

@@ -17,7 +17,7 @@ pub mod tally;
 mod write;
 
 pub use error::{DataError, Result};
-pub use read::{ColumnMap, Field, FilePlan, Source, list_inputs, read_log, read_log_with};
+pub use read::{ColumnMap, Field, FilePlan, Source, check_embedded_arrow_schema, list_inputs, read_log, read_log_with};
 pub use write::{BatchWriter, RawLine, write_lines};
 
 #[cfg(test)]

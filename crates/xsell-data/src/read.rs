@@ -293,6 +293,42 @@ pub(crate) fn reader_builder(file: std::fs::File) -> parquet::errors::Result<Par
     ParquetRecordBatchReaderBuilder::try_new_with_options(file, ArrowReaderOptions::new().with_skip_arrow_metadata(true))
 }
 
+/// Refuses a parquet file whose embedded arrow schema (the `ARROW:schema` footer key) cannot be
+/// decoded. Readers that use it, DataFusion's among them, would panic inside arrow-ipc 59 on
+/// some damaged ones; this crate's own reader never decodes it ([`reader_builder`]).
+pub fn check_embedded_arrow_schema(path: &Path) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let meta = reader_builder(file).map_err(|source| DataError::Parquet { path: path.to_path_buf(), source })?.metadata().clone();
+    let footer = meta.file_metadata();
+    let Some(kv) = footer.key_value_metadata().filter(|kv| kv.iter().any(|e| e.key == parquet::arrow::ARROW_SCHEMA_META_KEY)) else {
+        return Ok(());
+    };
+    let decoded = quietly(|| parquet::arrow::parquet_to_arrow_schema(footer.schema_descr(), Some(kv)));
+    let reason = match decoded {
+        Ok(Ok(_)) => return Ok(()),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "it is damaged".to_owned(),
+    };
+    Err(DataError::BadTable {
+        path: path.into(),
+        reason: format!(
+            "its embedded arrow schema (the footer key {}) cannot be decoded: {reason}; rewrite the file without it \
+             (pyarrow: pq.write_table(table, path, store_schema=False))",
+            parquet::arrow::ARROW_SCHEMA_META_KEY
+        ),
+    })
+}
+
+/// Runs `f` (which only reads), turning a panic into an error without printing it (the panic
+/// hook is process-wide: swapped only for this call).
+fn quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    out
+}
+
 impl FilePlan {
     /// Checks `path`'s schema (from its footer only) against `columns`.
     pub fn new(path: &Path, columns: &ColumnMap) -> Result<Self> {

@@ -276,6 +276,10 @@ mod arbitrary_files {
             if let Err(e) = read_log_with(path.to_str().unwrap(), &map, &mut |_| {}) {
                 prop_assert!(e.to_string().contains("fuzz.parquet"), "{e}");
             }
+            // the engine's check of the embedded arrow schema (which DataFusion decodes)
+            if let Err(e) = crate::check_embedded_arrow_schema(&path) {
+                prop_assert!(e.to_string().contains("fuzz.parquet"), "{e}");
+            }
         }
     }
 }

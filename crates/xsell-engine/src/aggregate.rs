@@ -4,14 +4,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::error::Result;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use ndarray::Array2;
 use xsell_core::aggregate::{AggregateConfig, gram_items, gram_pairs};
-use xsell_core::{Aggregates, Csr};
+use xsell_core::{Aggregates, Catalog, Csr, Tally};
 
 use crate::{for_each_batch, write_table};
 
@@ -71,69 +71,10 @@ pub(crate) async fn compute(
     let n_recent = ((n as f64 * cfg.recent_fraction).ceil() as usize).min(n);
     let recent_from = n - n_recent;
     let m_max = cfg.max_order_items;
-    // the orders whose pairs count: in range and at most max_order_items distinct items
-    let paired = |t: &str| format!("{t}.pos < {n} AND {t}.n <= {m_max}");
-
-    let mut item_orders = vec![0f32; shape.items];
-    let mut item_recent_orders = vec![0f32; shape.items];
-    let mut item_paired = vec![0f32; shape.items];
-    rows(
-        ctx,
-        &format!(
-            "SELECT CAST(item AS BIGINT), COUNT(*), CAST(SUM(CASE WHEN pos >= {recent_from} THEN 1 ELSE 0 END) AS BIGINT), \
-             CAST(SUM(CASE WHEN n <= {m_max} THEN 1 ELSE 0 END) AS BIGINT) FROM baskets WHERE pos < {n} GROUP BY item"
-        ),
-        |r| {
-            item_orders[r[0] as usize] = r[1] as f32;
-            item_recent_orders[r[0] as usize] = r[2] as f32;
-            item_paired[r[0] as usize] = r[3] as f32;
-        },
-    )
-    .await?;
-
-    let mut customer_orders = vec![0f32; shape.customers];
-    let mut customer_lines = vec![0f32; shape.customers];
-    rows(
-        ctx,
-        &format!("SELECT cust, COUNT(*), CAST(SUM(n) AS BIGINT) FROM orders WHERE pos < {n} AND cust IS NOT NULL GROUP BY cust"),
-        |r| {
-            customer_orders[r[0] as usize] = r[1] as f32;
-            customer_lines[r[0] as usize] = r[2] as f32;
-        },
-    )
-    .await?;
-
-    let returns_before = match cutoff_ts {
-        Some(cut) => format!("ts IS NOT NULL AND ts < {cut}"),
-        None => "TRUE".into(),
-    };
-    let mut item_returns = vec![0f32; shape.items];
-    rows(ctx, &format!("SELECT item, COUNT(*) FROM returns WHERE {returns_before} GROUP BY item"), |r| {
-        item_returns[r[0] as usize] = r[1] as f32
-    })
-    .await?;
-    let mut customer_returns = vec![0f32; shape.customers];
-    rows(ctx, &format!("SELECT cust, COUNT(*) FROM returns WHERE {returns_before} AND cust IS NOT NULL GROUP BY cust"), |r| {
-        customer_returns[r[0] as usize] = r[1] as f32
-    })
-    .await?;
-
-    // customer × item: orders containing the item, and the customer's orders after the last one
-    let mut hist: Vec<Vec<(u32, f32)>> = vec![Vec::new(); shape.customers];
-    let mut since: Vec<Vec<(u32, f32)>> = vec![Vec::new(); shape.customers];
-    rows(
-        ctx,
-        &format!(
-            "SELECT cust, CAST(item AS BIGINT), COUNT(*), MIN(after) FROM (SELECT cust, item, \
-             CAST(DENSE_RANK() OVER (PARTITION BY cust ORDER BY pos DESC) - 1 AS BIGINT) AS after \
-             FROM baskets WHERE pos < {n} AND cust IS NOT NULL) GROUP BY cust, item"
-        ),
-        |r| {
-            hist[r[0] as usize].push((r[1] as u32, r[2] as f32));
-            since[r[0] as usize].push((r[1] as u32, r[3] as f32));
-        },
-    )
-    .await?;
+    let [item_orders, item_recent_orders, item_paired] = item_counts(ctx, shape, n, recent_from, m_max).await?;
+    let (customer_orders, customer_lines) = customer_counts(ctx, shape, n).await?;
+    let (item_returns, customer_returns) = return_counts(ctx, shape, cutoff_ts).await?;
+    let (history, since) = history(ctx, shape, n).await?;
 
     // every co-purchase count, once, in item order: each item's row is cut to its strongest
     // `max_neighbours` (ties by index) as it streams by, and the Gram of the most-bought items
@@ -154,20 +95,7 @@ pub(crate) async fn compute(
             pairs[i as usize] = xsell_core::aggregate::strongest(std::mem::take(row), cfg.max_neighbours);
         }
     };
-    // each unordered pair is counted once (key i·2³² + j, i < j: one integer column groups
-    // fastest), written to the work directory, then read in both directions in key order
-    let dir = write_table(
-        ctx,
-        work,
-        "pc",
-        &format!(
-            "SELECT a.item * 4294967296 + b.item AS k, COUNT(*) AS c FROM baskets a JOIN baskets b ON a.pos = b.pos \
-             WHERE {} AND {} AND a.item < b.item GROUP BY k",
-            paired("a"),
-            paired("b"),
-        ),
-    )
-    .await?;
+    let dir = pair_counts(ctx, work, n, m_max).await?;
     let streamed = rows(
         ctx,
         "SELECT CAST(k / 4294967296 AS BIGINT), CAST(k % 4294967296 AS BIGINT), c FROM (SELECT k, c FROM pc UNION ALL \
@@ -199,21 +127,8 @@ pub(crate) async fn compute(
     let selected = if cfg.gram_pairs > 0 && m >= 2 { gram_pairs(&gram, cfg.gram_pairs) } else { Vec::new() };
     let mut pair_gram = Array2::<f32>::zeros((selected.len(), m + selected.len()));
     if !selected.is_empty() {
-        let sel: Vec<(u32, u32, u32)> =
-            selected.iter().enumerate().map(|(p, &(a, b))| (p as u32, gram_items[a as usize], gram_items[b as usize])).collect();
-        register_pairs(ctx, work, "sel", ["p", "ia", "ib"], &sel).await?;
-        // the orders holding each selected pair, written once (at most the pairs' co-purchase
-        // counts), then joined with their items and with each other
-        let dir = write_table(
-            ctx,
-            work,
-            "po",
-            &format!(
-                "SELECT s.p, x.pos FROM sel s JOIN baskets x ON x.item = s.ia JOIN baskets y ON y.pos = x.pos AND y.item = s.ib WHERE {}",
-                paired("x")
-            ),
-        )
-        .await?;
+        let sel: Vec<(u32, u32)> = selected.iter().map(|&(a, b)| (gram_items[a as usize], gram_items[b as usize])).collect();
+        let dir = orders_holding(ctx, work, &sel, n, m_max).await?;
         let counted = rows(
             ctx,
             &format!(
@@ -222,7 +137,7 @@ pub(crate) async fn compute(
                  JOIN gram g ON g.item = z.item WHERE {} GROUP BY k \
                  UNION ALL SELECT CAST(p1.p AS BIGINT) * 4294967296 + {m} + p2.p AS k, COUNT(*) AS c FROM po p1 JOIN po p2 ON p1.pos = p2.pos \
                  GROUP BY k)",
-                paired("z")
+                paired("z", n, m_max)
             ),
             |r| pair_gram[[r[0] as usize, r[1] as usize]] = r[2] as f32,
         )
@@ -239,8 +154,8 @@ pub(crate) async fn compute(
         item_recent_orders,
         item_returns,
         pairs: Csr::from_rows(pairs),
-        history: Csr::from_rows(hist),
-        since: Csr::from_rows(since),
+        history,
+        since,
         customer_orders,
         customer_lines,
         customer_returns,
@@ -249,4 +164,212 @@ pub(crate) async fn compute(
         gram_pairs: selected,
         pair_gram,
     })
+}
+
+/// The orders whose pairs count: at positions `0..n` and of at most `m_max` distinct items
+/// (`t` is the baskets table's alias).
+fn paired(t: &str, n: usize, m_max: usize) -> String {
+    format!("{t}.pos < {n} AND {t}.n <= {m_max}")
+}
+
+/// Per item, over the orders at positions `0..n`: orders, orders from `recent_from` on, and
+/// orders that count toward pairs.
+async fn item_counts(ctx: &SessionContext, shape: Shape, n: usize, recent_from: usize, m_max: usize) -> Result<[Vec<f32>; 3]> {
+    let mut counts = [vec![0f32; shape.items], vec![0f32; shape.items], vec![0f32; shape.items]];
+    rows(
+        ctx,
+        &format!(
+            "SELECT CAST(item AS BIGINT), COUNT(*), CAST(SUM(CASE WHEN pos >= {recent_from} THEN 1 ELSE 0 END) AS BIGINT), \
+             CAST(SUM(CASE WHEN n <= {m_max} THEN 1 ELSE 0 END) AS BIGINT) FROM baskets WHERE pos < {n} GROUP BY item"
+        ),
+        |r| {
+            for (k, c) in counts.iter_mut().enumerate() {
+                c[r[0] as usize] = r[k + 1] as f32;
+            }
+        },
+    )
+    .await?;
+    Ok(counts)
+}
+
+/// Per customer, over the orders at positions `0..n`: orders and purchase lines.
+async fn customer_counts(ctx: &SessionContext, shape: Shape, n: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    let (mut orders, mut lines) = (vec![0f32; shape.customers], vec![0f32; shape.customers]);
+    rows(
+        ctx,
+        &format!("SELECT cust, COUNT(*), CAST(SUM(n) AS BIGINT) FROM orders WHERE pos < {n} AND cust IS NOT NULL GROUP BY cust"),
+        |r| {
+            orders[r[0] as usize] = r[1] as f32;
+            lines[r[0] as usize] = r[2] as f32;
+        },
+    )
+    .await?;
+    Ok((orders, lines))
+}
+
+/// Return lines before `cutoff_ts` (all of them when `None`), per item and per customer.
+async fn return_counts(ctx: &SessionContext, shape: Shape, cutoff_ts: Option<i64>) -> Result<(Vec<f32>, Vec<f32>)> {
+    let before = match cutoff_ts {
+        Some(cut) => format!("ts IS NOT NULL AND ts < {cut}"),
+        None => "TRUE".into(),
+    };
+    let (mut items, mut customers) = (vec![0f32; shape.items], vec![0f32; shape.customers]);
+    rows(ctx, &format!("SELECT item, COUNT(*) FROM returns WHERE {before} GROUP BY item"), |r| items[r[0] as usize] = r[1] as f32).await?;
+    rows(ctx, &format!("SELECT cust, COUNT(*) FROM returns WHERE {before} AND cust IS NOT NULL GROUP BY cust"), |r| {
+        customers[r[0] as usize] = r[1] as f32
+    })
+    .await?;
+    Ok((items, customers))
+}
+
+/// Customer × item over the orders at positions `0..n`: orders containing the item, and the
+/// customer's orders after the last one that did.
+async fn history(ctx: &SessionContext, shape: Shape, n: usize) -> Result<(Csr, Csr)> {
+    let mut hist: Vec<Vec<(u32, f32)>> = vec![Vec::new(); shape.customers];
+    let mut since: Vec<Vec<(u32, f32)>> = vec![Vec::new(); shape.customers];
+    rows(
+        ctx,
+        &format!(
+            "SELECT cust, CAST(item AS BIGINT), COUNT(*), MIN(after) FROM (SELECT cust, item, \
+             CAST(DENSE_RANK() OVER (PARTITION BY cust ORDER BY pos DESC) - 1 AS BIGINT) AS after \
+             FROM baskets WHERE pos < {n} AND cust IS NOT NULL) GROUP BY cust, item"
+        ),
+        |r| {
+            hist[r[0] as usize].push((r[1] as u32, r[2] as f32));
+            since[r[0] as usize].push((r[1] as u32, r[3] as f32));
+        },
+    )
+    .await?;
+    Ok((Csr::from_rows(hist), Csr::from_rows(since)))
+}
+
+/// Writes and registers `pc (k, c)`: every co-purchase count of the orders whose pairs count,
+/// each unordered pair once under the key `i·2³² + j`, `i < j` (one integer column groups
+/// fastest). Returns the table's directory.
+async fn pair_counts(ctx: &SessionContext, work: &Path, n: usize, m_max: usize) -> Result<String> {
+    write_table(
+        ctx,
+        work,
+        "pc",
+        &format!(
+            "SELECT a.item * 4294967296 + b.item AS k, COUNT(*) AS c FROM baskets a JOIN baskets b ON a.pos = b.pos \
+             WHERE {} AND {} AND a.item < b.item GROUP BY k",
+            paired("a", n, m_max),
+            paired("b", n, m_max),
+        ),
+    )
+    .await
+}
+
+/// Writes and registers `po (p, pos)`: the orders holding each pair `sel[p]` (item indices)
+/// among those whose pairs count, once (at most the pairs' co-purchase counts), for joining
+/// with their items and with each other. Returns the table's directory.
+async fn orders_holding(ctx: &SessionContext, work: &Path, sel: &[(u32, u32)], n: usize, m_max: usize) -> Result<String> {
+    let sel: Vec<(u32, u32, u32)> = sel.iter().enumerate().map(|(p, &(a, b))| (p as u32, a, b)).collect();
+    register_pairs(ctx, work, "sel", ["p", "ia", "ib"], &sel).await?;
+    write_table(
+        ctx,
+        work,
+        "po",
+        &format!(
+            "SELECT s.p, x.pos FROM sel s JOIN baskets x ON x.item = s.ia JOIN baskets y ON y.pos = x.pos AND y.item = s.ib WHERE {}",
+            paired("x", n, m_max)
+        ),
+    )
+    .await
+}
+
+/// The additive counts ([`Tally`]) of the orders at positions `0..n` and of every return line,
+/// tracking the pairs [`Track::Strongest`](xsell_core::tally::Track) selects: what
+/// `Tally::compute` counts over the same orders, in the engine's index space. `catalog` (with
+/// its price sums) and `customers` are the engine's; `has_time` whether any line has a time.
+pub(crate) async fn tally(
+    ctx: &SessionContext,
+    work: &Path,
+    (catalog, customers): (&Catalog, &[String]),
+    n: usize,
+    has_time: bool,
+    cfg: &AggregateConfig,
+) -> Result<Tally> {
+    let shape = Shape { items: catalog.len(), customers: customers.len() };
+    let m_max = cfg.max_order_items;
+    let [item_orders, _, item_paired_orders] = item_counts(ctx, shape, n, n, m_max).await?;
+    let (customer_orders, customer_lines) = customer_counts(ctx, shape, n).await?;
+    let (item_returns, customer_returns) = return_counts(ctx, shape, None).await?;
+    let (history, since) = history(ctx, shape, n).await?;
+
+    // every pair's count, uncut: the upper triangle, row by row
+    let dir = pair_counts(ctx, work, n, m_max).await?;
+    let mut upper: Vec<Vec<(u32, f32)>> = vec![Vec::new(); shape.items];
+    let streamed = rows(ctx, "SELECT CAST(k / 4294967296 AS BIGINT), CAST(k % 4294967296 AS BIGINT), c FROM pc", |r| {
+        upper[r[0] as usize].push((r[1] as u32, r[2] as f32))
+    })
+    .await;
+    ctx.deregister_table("pc")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    streamed?;
+
+    let mut span = None;
+    if has_time {
+        for_each_batch(ctx, &format!("SELECT MIN(ts), MAX(ts) FROM orders WHERE pos < {n}"), |b| {
+            let (lo, hi) = (b.column(0).as_primitive::<Int64Type>(), b.column(1).as_primitive::<Int64Type>());
+            if b.num_rows() > 0 && lo.is_valid(0) && hi.is_valid(0) {
+                span = Some((lo.value(0), hi.value(0)));
+            }
+            Ok(())
+        })
+        .await?;
+    }
+    // the newest orders' items: the recent period's share
+    let keep = ((n as f64 * cfg.recent_fraction).ceil() as usize).min(n);
+    let mut recent: Vec<Vec<u32>> = vec![Vec::new(); keep];
+    rows(ctx, &format!("SELECT pos, CAST(item AS BIGINT) FROM baskets WHERE pos >= {} AND pos < {n}", n - keep), |r| {
+        recent[r[0] as usize - (n - keep)].push(r[1] as u32)
+    })
+    .await?;
+    for order in &mut recent {
+        order.sort_unstable();
+    }
+
+    let mut t = Tally {
+        catalog: catalog.clone(),
+        customers: customers.to_vec(),
+        n_orders: n as u64,
+        span,
+        item_orders,
+        item_paired_orders,
+        item_returns,
+        customer_orders,
+        customer_lines,
+        customer_returns,
+        history,
+        since,
+        pairs: Csr::from_rows(upper),
+        recent,
+        max_order_items: m_max,
+        ..Default::default()
+    };
+    t.tracked = t.strongest_pairs(cfg);
+    let p = t.tracked.len();
+    t.tracked_pairs = Array2::<f32>::zeros((p, p));
+    let mut tracked_items: Vec<Vec<(u32, f32)>> = vec![Vec::new(); p];
+    if p > 0 {
+        let dir = orders_holding(ctx, work, &t.tracked, n, m_max).await?;
+        let counted = async {
+            rows(ctx, "SELECT CAST(po.p AS BIGINT), CAST(z.item AS BIGINT), COUNT(*) FROM po JOIN baskets z ON z.pos = po.pos GROUP BY po.p, z.item", |r| {
+                tracked_items[r[0] as usize].push((r[1] as u32, r[2] as f32))
+            })
+            .await?;
+            rows(ctx, "SELECT CAST(p1.p AS BIGINT), CAST(p2.p AS BIGINT), COUNT(*) FROM po p1 JOIN po p2 ON p1.pos = p2.pos GROUP BY p1.p, p2.p", |r| {
+                t.tracked_pairs[[r[0] as usize, r[1] as usize]] = r[2] as f32
+            })
+            .await
+        }
+        .await;
+        ctx.deregister_table("po")?;
+        let _ = std::fs::remove_dir_all(&dir);
+        counted?;
+    }
+    t.tracked_items = Csr::from_rows(tracked_items);
+    Ok(t)
 }

@@ -227,7 +227,12 @@ impl Engine {
             });
         }
         let files = xsell_data::list_inputs(spec)?;
-        let plans = files.iter().map(|f| xsell_data::FilePlan::new(f, columns)).collect::<xsell_data::Result<Vec<_>>>()?;
+        // DataFusion decodes each file's embedded arrow schema: damaged ones are refused by name
+        // first, as they would panic there
+        let plans = files
+            .iter()
+            .map(|f| xsell_data::check_embedded_arrow_schema(f).and_then(|()| xsell_data::FilePlan::new(f, columns)))
+            .collect::<xsell_data::Result<Vec<_>>>()?;
         let base = cfg.work_dir.clone().unwrap_or_else(std::env::temp_dir);
         let io = |source| EngineError::Io { path: base.clone(), source };
         std::fs::create_dir_all(&base).map_err(io)?;
@@ -312,6 +317,15 @@ impl Engine {
     ) -> Result<xsell_core::Aggregates> {
         let shape = aggregate::Shape { items: self.catalog.len(), customers: self.customers.len() };
         self.block(aggregate::compute(&self.ctx, self.work.path(), shape, n.min(self.n_orders()), cutoff_ts, cfg), "the aggregate pass")
+    }
+
+    /// The additive counts of every order and every return line (`xsell_core::Tally`, kept
+    /// with a bundle for `xsell train --update`), tracking the higher-order pairs `cfg` selects:
+    /// what `Tally::compute` counts over the same log, in this engine's index space. Its
+    /// uncut pair counts come back to memory (one entry per distinct co-purchased pair).
+    pub fn tally(&self, cfg: &xsell_core::aggregate::AggregateConfig) -> Result<xsell_core::Tally> {
+        let space = (&self.catalog, self.customers.as_slice());
+        self.block(aggregate::tally(&self.ctx, self.work.path(), space, self.n_orders(), self.counts.has_time, cfg), "counting the tally")
     }
 
     /// The orders at positions `from..` of the time order (at most `max` of the newest), as an

@@ -49,6 +49,8 @@ pub(crate) async fn materialise(ctx: &SessionContext, work: &Path, plans: &[File
         "items",
         "SELECT item_id, MIN(NULLIF(TRIM(item_name), '')) AS name, MIN(NULLIF(TRIM(category), '')) AS category, \
          AVG(CASE WHEN NOT ret AND unit_price > 0.0 AND unit_price <= 1.7976931348623157e308 THEN unit_price END) AS price, \
+         SUM(CASE WHEN NOT ret AND unit_price > 0.0 AND unit_price <= 1.7976931348623157e308 THEN unit_price END) AS price_sum, \
+         COUNT(CASE WHEN NOT ret AND unit_price > 0.0 AND unit_price <= 1.7976931348623157e308 THEN 1 END) AS price_lines, \
          CAST(ROW_NUMBER() OVER (ORDER BY item_id) - 1 AS BIGINT) AS ix FROM clean GROUP BY item_id"
             .into(),
     )
@@ -165,11 +167,15 @@ pub(crate) async fn counts(ctx: &SessionContext) -> Result<LogCounts> {
 /// The catalog and the customers, in index order.
 pub(crate) async fn catalog(ctx: &SessionContext) -> Result<(Catalog, Vec<String>)> {
     let mut cat = Catalog::default();
-    for_each_batch(ctx, "SELECT item_id, name, category, CAST(price AS DOUBLE) FROM items ORDER BY ix", |b| {
+    let sql = "SELECT item_id, name, category, CAST(price AS DOUBLE), CAST(COALESCE(price_sum, 0) AS DOUBLE), \
+               CAST(price_lines AS BIGINT) FROM items ORDER BY ix";
+    for_each_batch(ctx, sql, |b| {
         let (ids, names, cats) = (utf8(b, 0)?, utf8(b, 1)?, utf8(b, 2)?);
         let (ids, names, cats) = (ids.as_string::<i32>(), names.as_string::<i32>(), cats.as_string::<i32>());
         let price = b.column(3).as_primitive::<Float64Type>();
+        let (sum, lines) = (b.column(4).as_primitive::<Float64Type>(), b.column(5).as_primitive::<Int64Type>());
         for r in 0..b.num_rows() {
+            cat.price_sums.push((sum.value(r), lines.value(r) as u32));
             cat.ids.push(ids.value(r).to_owned());
             cat.names.push(names.is_valid(r).then(|| names.value(r).to_owned()));
             cat.categories.push(cats.is_valid(r).then(|| cats.value(r).to_owned()));

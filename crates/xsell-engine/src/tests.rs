@@ -1,7 +1,8 @@
 use std::path::Path;
 
 use xsell_core::aggregate::AggregateConfig;
-use xsell_core::{Aggregates, OrderLog};
+use xsell_core::tally::Track;
+use xsell_core::{Aggregates, OrderLog, Tally};
 use xsell_data::generate::{GenerateConfig, generate};
 use xsell_data::{ColumnMap, RawLine, write_lines};
 
@@ -31,6 +32,7 @@ fn in_engine_order(log: &OrderLog) -> OrderLog {
     out.catalog.names = items.iter().map(|&i| log.catalog.names[i].clone()).collect();
     out.catalog.categories = items.iter().map(|&i| log.catalog.categories[i].clone()).collect();
     out.catalog.prices = pick(&log.catalog.prices);
+    out.catalog.price_sums = items.iter().map(|&i| log.catalog.price_sums[i]).collect();
     out.customers = customers.iter().map(|&c| log.customers[c].clone()).collect();
     for o in &mut out.orders {
         o.customer = o.customer.map(|c| cust_ix[c as usize]);
@@ -63,6 +65,42 @@ fn assert_same(a: &Aggregates, b: &Aggregates) {
     assert_eq!(a.pair_gram, b.pair_gram, "pair Gram rows");
 }
 
+/// Tallies equal, price sums within rounding (the engine sums in another order) and the recent
+/// orders' items as sets.
+fn assert_same_tally(a: &Tally, b: &Tally) {
+    let (ca, cb) = (&a.catalog, &b.catalog);
+    // (names may differ: the engine keeps the smallest, the reader the first)
+    assert_eq!((&ca.ids, &ca.categories), (&cb.ids, &cb.categories), "catalog");
+    assert_eq!(ca.price_sums.len(), cb.price_sums.len(), "price sums");
+    for (x, y) in ca.price_sums.iter().zip(&cb.price_sums) {
+        assert!(x.1 == y.1 && (x.0 - y.0).abs() <= 1e-9 * x.0.abs().max(1.0), "price sums {x:?} and {y:?}");
+    }
+    assert_eq!(a.customers, b.customers, "customers");
+    assert_eq!((a.n_orders, a.span, a.max_order_items), (b.n_orders, b.span, b.max_order_items), "orders and span");
+    assert_eq!(a.item_orders, b.item_orders, "item orders");
+    assert_eq!(a.item_paired_orders, b.item_paired_orders, "paired item orders");
+    assert_eq!(a.item_returns, b.item_returns, "item returns");
+    assert_eq!(a.customer_orders, b.customer_orders, "customer orders");
+    assert_eq!(a.customer_lines, b.customer_lines, "customer lines");
+    assert_eq!(a.customer_returns, b.customer_returns, "customer returns");
+    assert_eq!(a.history, b.history, "history");
+    assert_eq!(a.since, b.since, "orders since");
+    assert_eq!(a.pairs, b.pairs, "uncut pairs");
+    let sorted = |r: &[Vec<u32>]| -> Vec<Vec<u32>> {
+        r.iter()
+            .map(|o| {
+                let mut o = o.clone();
+                o.sort_unstable();
+                o
+            })
+            .collect()
+    };
+    assert_eq!(sorted(&a.recent), sorted(&b.recent), "recent orders");
+    assert_eq!(a.tracked, b.tracked, "tracked pairs");
+    assert_eq!(a.tracked_items, b.tracked_items, "tracked pairs × items");
+    assert_eq!(a.tracked_pairs, b.tracked_pairs, "tracked pairs × pairs");
+}
+
 /// A generated log written as two files of a hive-partitioned directory.
 fn generated_dir(dir: &Path) -> Vec<RawLine> {
     let (lines, _) = generate(&GenerateConfig { orders: 3_000, customers: 300, ..Default::default() });
@@ -84,6 +122,36 @@ fn the_engine_counts_what_the_in_memory_pass_counts() {
 #[test]
 fn ballista_standalone_counts_what_the_in_memory_pass_counts() {
     counts_what_the_in_memory_pass_counts(Cluster::BallistaStandalone);
+}
+
+/// The plans on a Ballista scheduler reached by its address, as `--engine ballista://HOST:PORT`
+/// reaches one: a scheduler and an executor started apart from the engine's session (on their own
+/// runtime, over loopback gRPC).
+#[cfg(feature = "ballista")]
+#[test]
+fn a_ballista_scheduler_reached_by_address_counts_what_the_in_memory_pass_counts() {
+    use ballista_core::serde::BallistaCodec;
+    use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+    let cluster = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let port = cluster.block_on(async {
+        let addr = ballista_scheduler::standalone::new_standalone_scheduler().await.unwrap();
+        let url = format!("http://localhost:{}", addr.port());
+        let mut scheduler = None;
+        for _ in 0..100 {
+            match SchedulerGrpcClient::connect(url.clone()).await {
+                Ok(s) => {
+                    scheduler = Some(s);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+        let scheduler = scheduler.expect("the scheduler answers within 10 s");
+        ballista_executor::new_standalone_executor(scheduler, 2, BallistaCodec::default()).await.unwrap();
+        addr.port()
+    });
+    counts_what_the_in_memory_pass_counts(Cluster::Ballista(format!("df://localhost:{port}")));
+    drop(cluster);
 }
 
 #[cfg(not(feature = "ballista"))]
@@ -121,6 +189,14 @@ fn counts_what_the_in_memory_pass_counts(cluster: Cluster) {
         assert_same(&mem, &eng);
     }
 
+    // the additive counts a bundle keeps: the in-memory tally's, and the same aggregates
+    let mem = Tally::compute(&log, &chrono, &cfg, None, Track::Strongest);
+    let eng = engine.tally(&cfg).unwrap();
+    assert!(mem.tracked.len() >= 6 && mem.pairs.indices.len() > 100, "the comparison covers tracked pairs");
+    assert_same_tally(&mem, &eng);
+    assert_same(&mem.aggregates(&cfg), &eng.aggregates(&cfg));
+    assert_same(&eng.aggregates(&cfg), &engine.aggregates(chrono.len(), None, &cfg).unwrap());
+
     // the newest orders, in time order
     let (newest, first) = engine.newest_orders(chrono.len() - 50, 20).unwrap();
     assert_eq!(first, chrono.len() - 20);
@@ -132,6 +208,48 @@ fn counts_what_the_in_memory_pass_counts(cluster: Cluster) {
         assert_eq!((&o.id, o.customer, o.ts, &o.items), (&want.id, want.customer, want.ts, &items));
     }
     assert_eq!(engine.order_ts(first).unwrap(), log.orders[chrono[first]].ts);
+}
+
+/// DataFusion decodes a file's embedded arrow schema, and arrow-ipc panics on some damaged ones:
+/// such a file is refused by name instead.
+#[test]
+fn a_file_with_a_damaged_embedded_arrow_schema_is_named() {
+    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("log.parquet");
+    let (lines, _) = generate(&GenerateConfig { orders: 50, customers: 10, ..Default::default() });
+    write_lines(&path, &lines).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    let probe = tmp.path().join("probe.parquet");
+    let embedded = |bytes: &[u8]| {
+        std::fs::write(&probe, bytes).unwrap();
+        let reader = SerializedFileReader::new(std::fs::File::open(&probe).unwrap()).ok()?;
+        let footer = reader.metadata().file_metadata().clone();
+        footer
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|e| e.key == "ARROW:schema"))
+            .and_then(|e| e.value.clone())
+            .map(|v| (v, footer))
+    };
+    let (value, _) = embedded(&good).expect("the writer embeds the arrow schema");
+    std::fs::remove_file(&probe).unwrap();
+    let at = good.windows(value.len()).position(|w| w == value.as_bytes()).unwrap();
+    // the first one-character change of the base64 text whose decoding panics
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let damaged = (0..value.len()).flat_map(|k| b"AQgw/".iter().map(move |&c| (k, c))).find_map(|(k, c)| {
+        let mut bytes = good.clone();
+        bytes[at + k] = c;
+        let (v, footer) = embedded(&bytes)?;
+        let kv = vec![datafusion::parquet::file::metadata::KeyValue::new("ARROW:schema".into(), v)];
+        let decode = std::panic::catch_unwind(|| datafusion::parquet::arrow::parquet_to_arrow_schema(footer.schema_descr(), Some(&kv)));
+        decode.is_err().then_some(bytes)
+    });
+    std::panic::set_hook(hook);
+    std::fs::write(&path, damaged.expect("a damaged schema that panics arrow-ipc")).unwrap();
+    let err = Engine::open(&path.to_string_lossy(), &ColumnMap::default(), &small_engine_config(tmp.path())).unwrap_err();
+    let said = err.to_string();
+    assert!(said.contains("log.parquet") && said.contains("ARROW:schema"), "{said}");
 }
 
 #[test]

@@ -81,6 +81,10 @@ pub struct UpdateReport {
     pub new_orders: usize,
     /// Lines read for them.
     pub new_lines: u64,
+    /// The share of a fresh fit's steps the embeddings continued for from the bundle's (`None`:
+    /// refitted from scratch, the model a full retrain refits).
+    #[serde(default)]
+    pub warm: Option<f64>,
 }
 
 /// How the latent-category substitute rule was judged on the held-out queries: it is applied
