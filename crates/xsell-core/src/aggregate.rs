@@ -8,6 +8,7 @@
 //! `item_orders` = `COUNT(DISTINCT order)` per item, `pairs` = self-join on order, and so on.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use ndarray::{Array2, Axis, s};
 use rayon::prelude::*;
@@ -54,11 +55,12 @@ pub struct Aggregates {
     pub item_returns: Vec<f32>,
     /// `pairs[i, j]` = orders containing both `i` and `j` (strongest `max_neighbours` per row).
     pub pairs: Csr,
-    /// `history[c, i]` = orders of customer `c` containing `i`.
-    pub history: Csr,
+    /// `history[c, i]` = orders of customer `c` containing `i` (shared with the [`crate::Tally`]
+    /// it was derived from: customers × items is the largest table).
+    pub history: Arc<Csr>,
     /// `since[c, i]` = orders customer `c` placed after their last one containing `i` (0: `i` is
     /// in their latest order); the same sparsity as `history`.
-    pub since: Csr,
+    pub since: Arc<Csr>,
     /// Orders per customer.
     pub customer_orders: Vec<f32>,
     /// Purchase lines per customer (distinct items per order, summed).
@@ -177,8 +179,8 @@ impl Aggregates {
             item_recent_orders,
             item_returns,
             pairs: Csr::from_rows(pair_rows),
-            history,
-            since,
+            history: Arc::new(history),
+            since: Arc::new(since),
             customer_orders,
             customer_lines,
             customer_returns,

@@ -20,6 +20,7 @@
 //! model a full retrain on the union refits.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use ndarray::Array2;
 use rayon::prelude::*;
@@ -51,9 +52,9 @@ pub struct Tally {
     /// Return lines per customer.
     pub customer_returns: Vec<f32>,
     /// `history[c, i]`: orders of customer `c` containing `i`.
-    pub history: Csr,
+    pub history: Arc<Csr>,
     /// `since[c, i]`: orders customer `c` placed after their last one containing `i`.
-    pub since: Csr,
+    pub since: Arc<Csr>,
     /// `pairs[i, j]` for `i < j`: orders (of at most `max_order_items` items) containing both.
     pub pairs: Csr,
     /// The items of the newest orders, oldest first: at least the recent period's share.
@@ -158,10 +159,10 @@ impl Tally {
                 t.customer_returns[c as usize] += 1.0;
             }
         }
-        t.history = Csr::from_rows(hist.iter().map(|h| h.iter().map(|(&i, &(n, _))| (i, n)).collect::<Vec<_>>()));
-        t.since = Csr::from_rows(
+        t.history = Arc::new(Csr::from_rows(hist.iter().map(|h| h.iter().map(|(&i, &(n, _))| (i, n)).collect::<Vec<_>>())));
+        t.since = Arc::new(Csr::from_rows(
             hist.iter().zip(&t.customer_orders).map(|(h, &n)| h.iter().map(|(&i, &(_, last))| (i, n - 1.0 - last)).collect()),
-        );
+        ));
         let items_of = |k: u32| &log.orders[orders[k as usize]].items;
         t.pairs = Csr::from_rows(
             (0..n_items)
@@ -279,8 +280,8 @@ impl Tally {
             item_recent_orders,
             item_returns: self.item_returns.clone(),
             pairs,
-            history: self.history.clone(),
-            since: self.since.clone(),
+            history: Arc::clone(&self.history),
+            since: Arc::clone(&self.since),
             customer_orders: self.customer_orders.clone(),
             customer_lines: self.customer_lines.clone(),
             customer_returns: self.customer_returns.clone(),
@@ -396,8 +397,8 @@ impl Tally {
             self.customer_lines[c] += newer.customer_lines[k];
             self.customer_returns[c] += newer.customer_returns[k];
         }
-        self.history = Csr::from_rows(history.into_iter().map(summed));
-        self.since = Csr::from_rows(since);
+        self.history = Arc::new(Csr::from_rows(history.into_iter().map(summed)));
+        self.since = Arc::new(Csr::from_rows(since));
         let mut pairs = rows_of(&self.pairs, n_items);
         for k in 0..newer.pairs.n_rows() {
             let (cols, vals) = newer.pairs.row(k);

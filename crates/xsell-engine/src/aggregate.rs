@@ -39,6 +39,7 @@ async fn rows(ctx: &SessionContext, sql: &str, mut row: impl FnMut(&[i64])) -> R
     })
     .await?;
     tracing::debug!(rows = n, seconds = start.elapsed().as_secs_f64(), sql = &sql[..sql.len().min(120)], "engine query");
+    crate::release_freed_memory();
     Ok(())
 }
 
@@ -222,25 +223,58 @@ async fn return_counts(ctx: &SessionContext, shape: Shape, cutoff_ts: Option<i64
     Ok((items, customers))
 }
 
+/// A [`Csr`] filled from entries sorted by row, then column: nothing per row is held apart
+/// (rows of a million customers as vectors would cost their headers and growth slack).
+struct SortedCsr(Csr);
+
+impl SortedCsr {
+    fn new() -> Self {
+        SortedCsr(Csr { indptr: vec![0], ..Default::default() })
+    }
+
+    fn push(&mut self, row: usize, col: u32, value: f32) {
+        let m = &mut self.0;
+        while m.indptr.len() <= row {
+            m.indptr.push(m.indices.len() as u32);
+        }
+        m.indices.push(col);
+        m.values.push(value);
+    }
+
+    fn finish(mut self, rows: usize) -> Csr {
+        let m = &mut self.0;
+        while m.indptr.len() <= rows {
+            m.indptr.push(m.indices.len() as u32);
+        }
+        m.indptr.truncate(rows + 1);
+        m.indices.shrink_to_fit();
+        m.values.shrink_to_fit();
+        self.0
+    }
+}
+
 /// Customer × item over the orders at positions `0..n`: orders containing the item, and the
 /// customer's orders after the last one that did.
-async fn history(ctx: &SessionContext, shape: Shape, n: usize) -> Result<(Csr, Csr)> {
-    let mut hist: Vec<Vec<(u32, f32)>> = vec![Vec::new(); shape.customers];
-    let mut since: Vec<Vec<(u32, f32)>> = vec![Vec::new(); shape.customers];
+async fn history(ctx: &SessionContext, shape: Shape, n: usize) -> Result<(Arc<Csr>, Arc<Csr>)> {
+    let mut hist = SortedCsr::new();
+    let mut since = Vec::new();
     rows(
         ctx,
         &format!(
-            "SELECT cust, CAST(item AS BIGINT), COUNT(*), MIN(after) FROM (SELECT cust, item, \
+            "SELECT cust AS c, CAST(item AS BIGINT) AS i, COUNT(*), MIN(after) FROM (SELECT cust, item, \
              CAST(DENSE_RANK() OVER (PARTITION BY cust ORDER BY pos DESC) - 1 AS BIGINT) AS after \
-             FROM baskets WHERE pos < {n} AND cust IS NOT NULL) GROUP BY cust, item"
+             FROM baskets WHERE pos < {n} AND cust IS NOT NULL) GROUP BY cust, item ORDER BY c, i"
         ),
         |r| {
-            hist[r[0] as usize].push((r[1] as u32, r[2] as f32));
-            since[r[0] as usize].push((r[1] as u32, r[3] as f32));
+            hist.push(r[0] as usize, r[1] as u32, r[2] as f32);
+            since.push(r[3] as f32);
         },
     )
     .await?;
-    Ok((Csr::from_rows(hist), Csr::from_rows(since)))
+    let hist = hist.finish(shape.customers);
+    since.shrink_to_fit();
+    let since = Csr { indptr: hist.indptr.clone(), indices: hist.indices.clone(), values: since };
+    Ok((Arc::new(hist), Arc::new(since)))
 }
 
 /// Writes and registers `pc (k, c)`: every co-purchase count of the orders whose pairs count,
@@ -300,9 +334,9 @@ pub(crate) async fn tally(
 
     // every pair's count, uncut: the upper triangle, row by row
     let dir = pair_counts(ctx, work, n, m_max).await?;
-    let mut upper: Vec<Vec<(u32, f32)>> = vec![Vec::new(); shape.items];
-    let streamed = rows(ctx, "SELECT CAST(k / 4294967296 AS BIGINT), CAST(k % 4294967296 AS BIGINT), c FROM pc", |r| {
-        upper[r[0] as usize].push((r[1] as u32, r[2] as f32))
+    let mut upper = SortedCsr::new();
+    let streamed = rows(ctx, "SELECT CAST(k / 4294967296 AS BIGINT), CAST(k % 4294967296 AS BIGINT), c FROM pc ORDER BY k", |r| {
+        upper.push(r[0] as usize, r[1] as u32, r[2] as f32)
     })
     .await;
     ctx.deregister_table("pc")?;
@@ -344,7 +378,7 @@ pub(crate) async fn tally(
         customer_returns,
         history,
         since,
-        pairs: Csr::from_rows(upper),
+        pairs: upper.finish(shape.items),
         recent,
         max_order_items: m_max,
         ..Default::default()
