@@ -39,7 +39,7 @@ async fn rows(ctx: &SessionContext, sql: &str, mut row: impl FnMut(&[i64])) -> R
     })
     .await?;
     tracing::debug!(rows = n, seconds = start.elapsed().as_secs_f64(), sql = &sql[..sql.len().min(120)], "engine query");
-    crate::release_freed_memory();
+    xsell_data::release_freed_memory();
     Ok(())
 }
 

@@ -358,7 +358,7 @@ impl Engine {
 
     fn block<T>(&self, f: impl std::future::Future<Output = datafusion::error::Result<T>>, what: &'static str) -> Result<T> {
         let out = self.runtime.block_on(f).map_err(|e| self.error(what, e));
-        release_freed_memory();
+        xsell_data::release_freed_memory();
         out
     }
 
@@ -416,22 +416,6 @@ async fn context(cluster: &Cluster, state: datafusion::execution::SessionState) 
     }
 }
 
-/// Hands the heap pages a query freed back to the operating system. A query's operators free
-/// their buffers when it ends, but glibc keeps them in its per-thread arenas, where the next
-/// query's threads or the fitting cannot always reuse them: resident memory would then grow
-/// past the limit by what comes back to memory. Called after each query and each pass.
-pub(crate) fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: malloc_trim takes no pointer and only returns free pages of the allocator's
-        // arenas; it touches no live allocation.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::malloc_trim(0);
-        }
-    }
-}
-
 fn engine(what: &'static str, e: DataFusionError) -> EngineError {
     EngineError::Engine { what, source: Box::new(e) }
 }
@@ -464,7 +448,7 @@ pub(crate) async fn write_table(ctx: &SessionContext, work: &Path, name: &str, s
     df.write_parquet(&dir, datafusion::dataframe::DataFrameWriteOptions::new(), None).await?;
     ctx.register_parquet(name, &dir, datafusion::prelude::ParquetReadOptions::default().schema(&schema)).await?;
     tracing::debug!(table = name, seconds = start.elapsed().as_secs_f64(), "engine table written");
-    release_freed_memory();
+    xsell_data::release_freed_memory();
     Ok(dir)
 }
 

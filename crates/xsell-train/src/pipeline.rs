@@ -330,6 +330,7 @@ struct Timer<'a> {
 impl Timer<'_> {
     fn lap(&mut self, phase: &str) {
         self.phases.push(PhaseTime { phase: phase.into(), seconds: self.start.elapsed().as_secs_f64() });
+        xsell_data::release_freed_memory();
         self.start = Instant::now();
     }
 }
