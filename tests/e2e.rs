@@ -514,15 +514,20 @@ async fn every_answer_is_written_to_the_exposure_log() {
     let _ = stop.send(());
     handle.await.unwrap();
     // the writer flushes within a second and when the server has gone
+    // (the writer's buffer may have reached the file mid-line: a line that does not parse yet is
+    // one still being written, so read again)
     let mut records = Vec::new();
     for _ in 0..100 {
-        records = std::fs::read_dir(&log_dir)
+        let parsed: Result<Vec<_>, _> = std::fs::read_dir(&log_dir)
             .unwrap()
             .flat_map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap().lines().map(str::to_owned).collect::<Vec<_>>())
-            .map(|l| serde_json::from_str::<xsell_server::exposure::Exposure>(&l).unwrap())
+            .map(|l| serde_json::from_str::<xsell_server::exposure::Exposure>(&l))
             .collect();
-        if records.len() == answers.len() {
-            break;
+        if let Ok(r) = parsed {
+            records = r;
+            if records.len() == answers.len() {
+                break;
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -322,8 +322,8 @@ fn update(a: TrainArgs) -> anyhow::Result<()> {
         .with_context(|| format!("reading the counts stored with {}", path.display()))?
         .with_context(|| {
             format!(
-                "{}: the bundle has no stored counts ({}/), so it cannot be updated: it was trained by an older build; train it once \
-                 without --update",
+                "{}: the bundle has no stored counts ({}/), so it cannot be updated: it was saved by `xsell eval` (a training period \
+                 whose return signals are cut off) or by an older build; train it once without --update",
                 path.display(),
                 xsell_model::AGGREGATES
             )
