@@ -8,6 +8,7 @@
 //! proportional to the catalog.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use ndarray::Array2;
 
@@ -117,10 +118,13 @@ pub struct ModelParts {
     pub customer_lines: Vec<f32>,
     /// `pairs[i, j]`: training orders with both items.
     pub pairs: Csr,
-    /// `history[c, i]`: training orders of customer `c` with item `i`.
-    pub history: Csr,
-    /// `since[c, i]`: orders of customer `c` after their last one with item `i`.
-    pub since: Csr,
+    /// `history[c, i]`: training orders of customer `c` with item `i` (shared with the training
+    /// counts when they are in the model's index space: at a million customers it is the largest
+    /// table).
+    pub history: Arc<Csr>,
+    /// `since[c, i]`: orders of customer `c` after their last one with item `i` (shared as
+    /// `history`).
+    pub since: Arc<Csr>,
     /// `ease[i, j]`: the EASE item-item weight (the strongest entries of each row).
     pub ease: Csr,
     /// Higher-order EASE: weights that apply when both items of a pair are in the basket.

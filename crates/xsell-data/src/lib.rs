@@ -38,3 +38,11 @@ pub fn release_freed_memory() {
         }
     }
 }
+
+/// This process's resident memory in MiB now (Linux `VmRSS`; None elsewhere), for the phase
+/// traces of engine passes and training.
+pub fn resident_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
+}

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ndarray::Array2;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -408,8 +409,8 @@ pub fn load(path: &Path) -> Result<Bundle> {
         customers,
         customer_lines,
         pairs: csr("pairs")?,
-        history: csr("history")?,
-        since: csr("since")?,
+        history: Arc::new(csr("history")?),
+        since: Arc::new(csr("since")?),
         ease: csr("ease")?,
         ease_pairs: if found >= 3 {
             PairWeights { pairs: ease_pairs()?, weights: csr("ease_pair_weights")? }

@@ -112,7 +112,7 @@ struct Solved {
 impl Solved {
     /// `(G + Λ)⁻¹` of an extended Gram (`m` items, the always-on input, then `pairs`), λ on
     /// the items' and the always-on input's diagonal and `pair_lambda` on the pairs'.
-    fn new(gram: &Array2<f32>, m: usize, pairs: &[(u32, u32)], lambda: f64, pair_lambda: f64) -> Result<Self> {
+    fn new(gram: Array2<f32>, m: usize, pairs: &[(u32, u32)], lambda: f64, pair_lambda: f64) -> Result<Self> {
         if gram.nrows() != m + 1 + pairs.len() {
             return Err(TrainError::Tensor(format!(
                 "a Gram of {} rows for {m} items, the always-on input and {} pairs",
@@ -195,9 +195,11 @@ impl Solved {
 }
 
 /// `(G + Λ)⁻¹` in f64: λ added to the first `m` (the inputs') diagonal entries, `pair_lambda`
-/// to the rest.
-fn regularized_inverse(gram: &Array2<f32>, m: usize, lambda: f64, pair_lambda: f64) -> Result<Array2<f64>> {
+/// to the rest. The Gram is freed once converted: at 5,000 items it is about 100 MB, the f64
+/// inverse twice that.
+fn regularized_inverse(gram: Array2<f32>, m: usize, lambda: f64, pair_lambda: f64) -> Result<Array2<f64>> {
     let mut p = gram.mapv(f64::from);
+    drop(gram);
     for (k, d) in p.diag_mut().iter_mut().enumerate() {
         *d += if k < m { lambda } else { pair_lambda };
     }
@@ -209,7 +211,7 @@ fn regularized_inverse(gram: &Array2<f32>, m: usize, lambda: f64, pair_lambda: f
 /// λ = `pair_alpha` × [`diagonal_scale`].
 pub fn fit(gram: &Array2<f32>, m: usize, pairs: &[(u32, u32)], alpha: f64, pair_alpha: f64) -> Result<Ease> {
     let scale = diagonal_scale(gram, m);
-    let solved = Solved::new(gram, m, pairs, alpha * scale, pair_alpha * scale)?;
+    let solved = Solved::new(gram.clone(), m, pairs, alpha * scale, pair_alpha * scale)?;
     Ok(solved.ease(m, pairs, alpha, pair_alpha))
 }
 
@@ -279,7 +281,7 @@ pub fn choose(
     if !counts.is_empty() {
         // the chosen items' inverse, bordered by each pair set (see `Solved::bordered`)
         let pair_queries = restrict(queries, mp);
-        let ai = regularized_inverse(&sub_gram(gram, m, mp, &[]), mp + 1, lambda, 0.0)?;
+        let ai = regularized_inverse(sub_gram(gram, m, mp, &[]), mp + 1, lambda, 0.0)?;
         let plain = Solved::with_inverse(ai.clone(), mp, &[], lambda)?.ease(mp, &[], alpha, 0.0);
         let (_, mut kept_judgement) = judged(plain, &pair_queries);
         for c in counts {
@@ -361,7 +363,7 @@ pub struct SparseEase {
 /// computed straight from the inverse (the dense weight matrix is never built), in the item
 /// space of a model with `n_items` items (`items[a]` is the item of covered position `a`).
 pub fn fit_sparse(
-    gram: &Array2<f32>,
+    gram: Array2<f32>,
     pairs: &[(u32, u32)],
     alpha: f64,
     pair_alpha: f64,
@@ -370,7 +372,7 @@ pub fn fit_sparse(
     keep: usize,
 ) -> Result<SparseEase> {
     let m = items.len();
-    let scale = diagonal_scale(gram, m);
+    let scale = diagonal_scale(&gram, m);
     let solved = Solved::new(gram, m, pairs, alpha * scale, pair_alpha * scale)?;
     let inputs: Vec<usize> = (0..m).chain(m + 1..m + 1 + pairs.len()).collect();
     let mut rows = strongest(&inputs, m, |r, c| solved.weight(r, c), items, keep);
@@ -765,7 +767,7 @@ mod tests {
         }
         g[[60, 60]] = n_orders as f32;
         let items: Vec<ItemIx> = (0..60).collect();
-        let exact = fit_sparse(&g, &[], 0.5, 0.0, &items, 60, 1000).unwrap();
+        let exact = fit_sparse(g.clone(), &[], 0.5, 0.0, &items, 60, 1000).unwrap();
         for (i, row) in rows {
             let (cols, vals) = exact.items.row(i as usize);
             let mut want: Vec<(u32, f32)> = cols.iter().copied().zip(vals.iter().copied()).collect();
@@ -832,7 +834,7 @@ mod tests {
         }
         assert!(ease.b[[0, 1]] > ease.b[[0, 2]], "the pair bought together weighs more");
         assert!(ease.b[[3, 2]] > 0.0, "item 2's base rate: it sells without the others");
-        let sparse = fit_sparse(&gram, &[], 0.5, 0.0, &[4, 0, 2], 5, 1).unwrap();
+        let sparse = fit_sparse(gram.clone(), &[], 0.5, 0.0, &[4, 0, 2], 5, 1).unwrap();
         assert_eq!(sparse.items.row(4), (&[0u32][..], &[ease.b[[0, 1]]][..]), "row of item 4 keeps its strongest weight, to item 0");
         assert!(sparse.items.row(1).0.is_empty() && sparse.items.n_rows() == 5 && sparse.pairs.pairs.is_empty());
         assert_eq!(
@@ -897,7 +899,7 @@ mod tests {
         assert!(ease.b[[m + 1, 4]] > 0.3, "the pair (0, 1) predicts item 4: {}", ease.b[[m + 1, 4]]);
         // the bordered inverse (inputs' inverse + Schur complement) is the same inverse
         let g32 = g.mapv(|v| v as f32);
-        let direct = Solved::new(&g32, m, &pairs, ease.lambda, 7.0).unwrap();
+        let direct = Solved::new(g32.clone(), m, &pairs, ease.lambda, 7.0).unwrap();
         let mut ai = g.slice(s![..=m, ..=m]).to_owned();
         ai.diag_mut().mapv_inplace(|v| v + ease.lambda);
         spd_inverse(&mut ai).unwrap();
@@ -906,7 +908,7 @@ mod tests {
         let err = (&direct.p - &bordered.p).iter().fold(0f64, |e, v| e.max(v.abs()));
         assert!(err < 1e-9, "max |P − P_bordered| = {err}");
         // the served form: pair rows in item space, scored only when both items are present
-        let sparse = fit_sparse(&g.mapv(|v| v as f32), &pairs, 0.5, 0.1, &[5, 4, 3, 2, 1, 0], 6, 6).unwrap();
+        let sparse = fit_sparse(g.mapv(|v| v as f32), &pairs, 0.5, 0.1, &[5, 4, 3, 2, 1, 0], 6, 6).unwrap();
         assert_eq!(sparse.pairs.pairs, [(4, 5), (2, 3), (1, 5)]);
         assert!((sparse.pairs.weights.get(0, 1) - ease.b[[m + 1, 4]]).abs() < 1e-6);
         let plain = fit(&g.mapv(|v| v as f32).slice(s![..=m, ..=m]).to_owned(), m, &[], 0.5, 0.0).unwrap();

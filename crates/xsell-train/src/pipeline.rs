@@ -1,5 +1,6 @@
 //! The training pipeline: aggregates → embeddings → ranker → calibration → refit.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use ndarray::s;
@@ -205,7 +206,8 @@ pub struct Fitted {
     pub parts: ModelParts,
     /// The report.
     pub report: TrainReport,
-    /// Aggregates over every training order, in the log's index space (for baselines).
+    /// Aggregates over every training order, in the log's index space (for baselines; their
+    /// Gram, `history` and `since` have moved into the model).
     pub aggregates: Aggregates,
     /// With [`TrainConfig::ablation`]: per feature group, a ranker of the kept family (linear
     /// when EASE alone was kept) fitted without it (uncalibrated).
@@ -329,8 +331,10 @@ struct Timer<'a> {
 
 impl Timer<'_> {
     fn lap(&mut self, phase: &str) {
-        self.phases.push(PhaseTime { phase: phase.into(), seconds: self.start.elapsed().as_secs_f64() });
+        let seconds = self.start.elapsed().as_secs_f64();
+        self.phases.push(PhaseTime { phase: phase.into(), seconds });
         xsell_data::release_freed_memory();
+        tracing::debug!(phase, seconds, resident_mib = xsell_data::resident_mib(), "training phase done");
         self.start = Instant::now();
     }
 }
@@ -341,7 +345,6 @@ pub(crate) struct Spaces {
     pub(crate) customer_to_model: Vec<Option<u32>>,
 }
 
-/// Builds model parts (everything but a fitted ranker) from aggregates over a log.
 /// An update's warm start: the model it starts from, and the share of a fresh fit's embedding
 /// steps to take from its embeddings.
 #[derive(Debug, Clone, Copy)]
@@ -352,9 +355,11 @@ pub struct Warm<'a> {
     pub steps_share: f64,
 }
 
+/// Builds model parts (everything but a fitted ranker) from aggregates over a log. The
+/// aggregates' `history` and `since` move into the model (left empty in `agg`).
 fn build(
     log: &OrderLog,
-    agg: &Aggregates,
+    agg: &mut Aggregates,
     cfg: &TrainConfig,
     ranker: Ranker,
     warm: Option<Warm<'_>>,
@@ -396,8 +401,18 @@ fn build(
         }))
     };
     let pairs = remap(&agg.pairs, &item_to_model);
-    let history = remap(&agg.history, &customer_to_model);
-    let since = remap(&agg.since, &customer_to_model);
+    // the customer tables are the largest (a million customers: hundreds of MB each): the model
+    // shares them when it keeps every customer and item in order, and otherwise takes a
+    // remapped copy; either way the aggregates' reference is released, so the counts' own copy
+    // is freed unless something else (a tally) holds it
+    let identity = |m: &[Option<u32>]| m.iter().enumerate().all(|(k, &x)| x == Some(k as u32));
+    let shared = identity(&item_to_model) && identity(&customer_to_model);
+    let customer_table = |t: &mut Arc<Csr>| -> Arc<Csr> {
+        let t = std::mem::take(t);
+        if shared { t } else { Arc::new(remap(&t, &customer_to_model)) }
+    };
+    let history = customer_table(&mut agg.history);
+    let since = customer_table(&mut agg.since);
     // with a warm start, each item's row in the earlier model (None: new)
     let earlier: Option<Vec<Option<u32>>> = warm.map(|w| {
         let ix: std::collections::HashMap<&str, u32> = w.parts.items.ids.iter().enumerate().map(|(k, s)| (s.as_str(), k as u32)).collect();
@@ -492,9 +507,16 @@ fn fit_ease(
     };
     // the chosen count of the most co-bought pairs (fewer when this Gram has fewer)
     let used = setting.pairs.min(pairs.len());
-    let gram = if used == pairs.len() { gram } else { gram.slice(s![..m + 1 + used, ..m + 1 + used]).to_owned() };
+    // (the fit takes the Gram and frees it once converted: one Gram-sized copy at a time)
+    let gram = if used == pairs.len() {
+        gram
+    } else {
+        let cut = gram.slice(s![..m + 1 + used, ..m + 1 + used]).to_owned();
+        drop(gram);
+        cut
+    };
     let fitted =
-        ease::fit_sparse(&gram, &pairs[..used], setting.alpha, setting.pair_alpha, &items, parts.items.ids.len(), cfg.max_neighbours)?;
+        ease::fit_sparse(gram, &pairs[..used], setting.alpha, setting.pair_alpha, &items, parts.items.ids.len(), cfg.max_neighbours)?;
     parts.ease = fitted.items;
     parts.ease_pairs = fitted.pairs;
     parts.ease_always_on = fitted.always_on;
@@ -636,7 +658,7 @@ pub fn train_from(input: &TrainInput<'_>, cfg: &ValidTrainConfig, progress: &mut
     let mut base_agg = counts.aggregates(n_base, base_cut, &agg_cfg)?;
     progress.finish();
     timer.lap("aggregates");
-    let (mut parts, spaces) = build(log, &base_agg, cfg, Ranker::single(feature::COOC_MEAN), None, progress)?;
+    let (mut parts, spaces) = build(log, &mut base_agg, cfg, Ranker::single(feature::COOC_MEAN), None, progress)?;
     timer.lap("embeddings");
 
     let queries = if fit_ranker_now { ranking::draw_queries(log, valid, &spaces, cfg) } else { Vec::new() };
