@@ -99,8 +99,9 @@ pub struct EngineArgs {
     /// needs a build with `--features ballista`.
     #[arg(long, value_parser = engine_kind, default_value = "memory")]
     pub engine: EngineKind,
-    /// Memory the engine's operators may hold (e.g. 1GB, 512MiB); beyond it they spill to
-    /// --work-dir. Default: a quarter of the machine's memory.
+    /// Memory the process may hold during the engine's passes (e.g. 1GB, 512MiB): what the
+    /// trainer already holds counts against it (up to half), the engine's operators get the rest
+    /// and spill to --work-dir beyond it. Default: a quarter of the machine's memory.
     #[arg(long, value_parser = xsell_engine::parse_size)]
     pub memory_limit: Option<u64>,
     /// Where the engine writes its tables and spill files (a temporary directory inside it,

@@ -100,6 +100,77 @@ pub fn pair_partners(pairs: &[(u32, u32)], n: usize) -> Vec<Vec<(u32, u32)>> {
     partners
 }
 
+impl ModelParts {
+    /// Checks that the tables agree (lengths, indices in range, finite values, unique item ids,
+    /// valid rankers and settings): what [`CrossSellModel::new`] checks before it builds its
+    /// indexes, for a caller that only needs the verdict (the trainer's last check) without the
+    /// indexes' memory.
+    pub fn validate(&self) -> Result<()> {
+        let n = self.items.ids.len();
+        let nc = self.customers.ids.len();
+        let inc = |m: String| Err(Error::Inconsistent(m));
+        if n == 0 {
+            return inc("the model has no item".into());
+        }
+        let it = &self.items;
+        if [it.names.len(), it.categories.len(), it.prices.len(), it.orders.len(), it.recent_orders.len(), it.return_rate.len()]
+            .iter()
+            .any(|&l| l != n)
+        {
+            return inc("item table columns differ in length".into());
+        }
+        let ct = &self.customers;
+        if ct.orders.len() != nc || ct.return_rate.len() != nc || self.customer_lines.len() != nc {
+            return inc("customer table columns differ in length".into());
+        }
+        self.pairs.validate(n, n).map_err(|e| Error::Inconsistent(format!("pairs: {e}")))?;
+        self.history.validate(nc, n).map_err(|e| Error::Inconsistent(format!("history: {e}")))?;
+        self.since.validate(nc, n).map_err(|e| Error::Inconsistent(format!("since: {e}")))?;
+        if self.since.indptr != self.history.indptr || self.since.indices != self.history.indices {
+            return inc("since and history must hold the same customer-item pairs".into());
+        }
+        self.ease.validate(n, n).map_err(|e| Error::Inconsistent(format!("ease: {e}")))?;
+        let ep = &self.ease_pairs;
+        ep.weights.validate(ep.pairs.len(), n).map_err(|e| Error::Inconsistent(format!("ease pair weights: {e}")))?;
+        if let Some((q, (a, b))) = ep.pairs.iter().enumerate().find(|(_, (a, b))| a >= b || *b as usize >= n) {
+            return inc(format!("ease pair {q} is ({a}, {b}): expected two item indices a < b < {n}"));
+        }
+        if !self.ease_always_on.is_empty() && self.ease_always_on.len() != n {
+            return inc(format!("ease intercept has {} values for {n} items", self.ease_always_on.len()));
+        }
+        if self.ease_always_on.iter().any(|v| !v.is_finite()) {
+            return inc("an ease intercept value is not finite".into());
+        }
+        if self.emb_in.nrows() != n || self.emb_out.dim() != self.emb_in.dim() {
+            return inc(format!("embeddings have shape {:?}/{:?}, expected {n} rows", self.emb_in.dim(), self.emb_out.dim()));
+        }
+        if self.emb_in.iter().chain(self.emb_out.iter()).any(|v| !v.is_finite()) {
+            return inc("an embedding value is not finite".into());
+        }
+        self.ranker.validate()?;
+        if let Some(r) = &self.discovery_ranker {
+            r.validate()?;
+        }
+        let mut seen = std::collections::HashSet::with_capacity(n);
+        if let Some(id) = it.ids.iter().find(|id| !seen.insert(id.as_str())) {
+            return inc(format!("item id {id:?} appears twice"));
+        }
+        if it.categories.iter().all(Option::is_none) && !self.latent_categories.is_empty() {
+            if self.latent_categories.len() != n {
+                return inc(format!("latent categories has {} values for {n} items", self.latent_categories.len()));
+            }
+            if let Some(c) = self.latent_categories.iter().find(|&&c| c as usize >= n) {
+                return inc(format!("latent category {c} is not below the item count {n}"));
+            }
+        }
+        self.retrieval.validate()?;
+        if !self.neighbours.is_empty() {
+            self.neighbours.validate(n).map_err(Error::Inconsistent)?;
+        }
+        Ok(())
+    }
+}
+
 impl Default for PairWeights {
     /// No pair.
     fn default() -> Self {
@@ -336,58 +407,12 @@ const ROW_WORK: u64 = 1024;
 impl CrossSellModel {
     /// Validates the parts and builds the lookup tables.
     pub fn new(parts: ModelParts) -> Result<Self> {
+        parts.validate()?;
         let n = parts.items.ids.len();
-        let nc = parts.customers.ids.len();
-        let inc = |m: String| Err(Error::Inconsistent(m));
-        if n == 0 {
-            return inc("the model has no item".into());
-        }
         let it = &parts.items;
-        if [it.names.len(), it.categories.len(), it.prices.len(), it.orders.len(), it.recent_orders.len(), it.return_rate.len()]
-            .iter()
-            .any(|&l| l != n)
-        {
-            return inc("item table columns differ in length".into());
-        }
         let ct = &parts.customers;
-        if ct.orders.len() != nc || ct.return_rate.len() != nc || parts.customer_lines.len() != nc {
-            return inc("customer table columns differ in length".into());
-        }
-        parts.pairs.validate(n, n).map_err(|e| Error::Inconsistent(format!("pairs: {e}")))?;
-        parts.history.validate(nc, n).map_err(|e| Error::Inconsistent(format!("history: {e}")))?;
-        parts.since.validate(nc, n).map_err(|e| Error::Inconsistent(format!("since: {e}")))?;
-        if parts.since.indptr != parts.history.indptr || parts.since.indices != parts.history.indices {
-            return inc("since and history must hold the same customer-item pairs".into());
-        }
-        parts.ease.validate(n, n).map_err(|e| Error::Inconsistent(format!("ease: {e}")))?;
-        let ep = &parts.ease_pairs;
-        ep.weights.validate(ep.pairs.len(), n).map_err(|e| Error::Inconsistent(format!("ease pair weights: {e}")))?;
-        if let Some((q, (a, b))) = ep.pairs.iter().enumerate().find(|(_, (a, b))| a >= b || *b as usize >= n) {
-            return inc(format!("ease pair {q} is ({a}, {b}): expected two item indices a < b < {n}"));
-        }
-        let pair_partners = pair_partners(&ep.pairs, n);
-        if !parts.ease_always_on.is_empty() && parts.ease_always_on.len() != n {
-            return inc(format!("ease intercept has {} values for {n} items", parts.ease_always_on.len()));
-        }
-        if parts.ease_always_on.iter().any(|v| !v.is_finite()) {
-            return inc("an ease intercept value is not finite".into());
-        }
-        if parts.emb_in.nrows() != n || parts.emb_out.dim() != parts.emb_in.dim() {
-            return inc(format!("embeddings have shape {:?}/{:?}, expected {n} rows", parts.emb_in.dim(), parts.emb_out.dim()));
-        }
-        if parts.emb_in.iter().chain(parts.emb_out.iter()).any(|v| !v.is_finite()) {
-            return inc("an embedding value is not finite".into());
-        }
-        parts.ranker.validate()?;
-        if let Some(r) = &parts.discovery_ranker {
-            r.validate()?;
-        }
-        let mut item_index = HashMap::with_capacity(n);
-        for (i, id) in it.ids.iter().enumerate() {
-            if item_index.insert(id.clone(), i as ItemIx).is_some() {
-                return inc(format!("item id {id:?} appears twice"));
-            }
-        }
+        let pair_partners = pair_partners(&parts.ease_pairs.pairs, n);
+        let item_index: HashMap<String, ItemIx> = it.ids.iter().enumerate().map(|(i, id)| (id.clone(), i as ItemIx)).collect();
         let customer_index: HashMap<String, CustomerIx> = ct.ids.iter().enumerate().map(|(c, id)| (id.clone(), c as CustomerIx)).collect();
         let mut category_index = HashMap::new();
         let category_of: Vec<Option<u32>> = it
@@ -402,12 +427,6 @@ impl CrossSellModel {
             .collect();
         let emb_in_unit = unit_rows(&parts.emb_in);
         let kind_of: Vec<Option<u32>> = if category_index.is_empty() && !parts.latent_categories.is_empty() {
-            if parts.latent_categories.len() != n {
-                return inc(format!("latent categories has {} values for {n} items", parts.latent_categories.len()));
-            }
-            if let Some(c) = parts.latent_categories.iter().find(|&&c| c as usize >= n) {
-                return inc(format!("latent category {c} is not below the item count {n}"));
-            }
             parts.latent_categories.iter().map(|&c| Some(c)).collect()
         } else {
             category_of.clone()
@@ -417,7 +436,6 @@ impl CrossSellModel {
         // pairs are judged one by one (see is_substitute)
         let substitute_kind = if category_index.is_empty() { vec![false; n_kinds] } else { substitute_kinds(&parts, &kind_of, n_kinds) };
         let names = NameIndex::new(&parts.items.names);
-        parts.retrieval.validate()?;
         let mut parts = parts;
         if parts.neighbours.is_empty() {
             parts.neighbours =

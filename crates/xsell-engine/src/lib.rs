@@ -10,7 +10,9 @@
 //! ([`aggregate`]), and [`Engine::newest_orders`] loads a bounded sample of the newest orders
 //! (the ranker's queries). Nothing holds the log in memory: the engine's operators work within
 //! a memory pool of `memory_limit` bytes and spill sorts, aggregations and sort-merge joins to
-//! the work directory (hash joins, which cannot spill in DataFusion 55, are turned off).
+//! the work directory (hash joins, which cannot spill in DataFusion 55, are turned off). During
+//! each call the process's own resident memory is reserved in that pool (at most half of it),
+//! so the limit bounds the process, not only the operators.
 //!
 //! What comes back to Rust is bounded by the catalog and the customers: item and customer
 //! tables, the strongest `max_neighbours` co-purchases per item, the dense Gram of the
@@ -32,7 +34,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryConsumer, MemoryReservation, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
@@ -196,12 +198,17 @@ pub struct LogCounts {
     pub has_time: bool,
 }
 
+/// The pool's name for the memory the process holds outside the engine during a pass.
+const OUTSIDE_THE_ENGINE: &str = "held by the trainer outside the engine";
+
 /// An order log opened on DataFusion: the materialised tables, the catalog and the customers.
 pub struct Engine {
     runtime: tokio::runtime::Runtime,
     ctx: SessionContext,
     work: tempfile::TempDir,
     limit: u64,
+    /// Whether the operators run in this process (and share its memory with the trainer).
+    in_process: bool,
     /// Items of the log (index = position in id order).
     pub catalog: Catalog,
     /// Customers of the log (index = position in id order).
@@ -265,14 +272,12 @@ impl Engine {
             ctx,
             work,
             limit: cfg.memory_limit,
+            in_process: !matches!(cfg.cluster, Cluster::Ballista(_)),
             catalog: Catalog::default(),
             customers: Vec::new(),
             counts: LogCounts::default(),
         };
-        engine
-            .runtime
-            .block_on(tables::materialise(&engine.ctx, engine.work.path(), &plans))
-            .map_err(|e| engine.error("reading the log", e))?;
+        engine.block(tables::materialise(&engine.ctx, engine.work.path(), &plans), "reading the log")?;
         engine.counts = engine.block(tables::counts(&engine.ctx), "counting")?;
         if engine.counts.orders == 0 {
             return Err(EngineError::Empty { spec: spec.into() });
@@ -357,9 +362,28 @@ impl Engine {
     }
 
     fn block<T>(&self, f: impl std::future::Future<Output = datafusion::error::Result<T>>, what: &'static str) -> Result<T> {
+        let held = self.hold_resident_memory();
         let out = self.runtime.block_on(f).map_err(|e| self.error(what, e));
+        drop(held);
         xsell_data::release_freed_memory();
         out
+    }
+
+    /// Reserves in the engine's pool what this process already holds outside it (its resident
+    /// memory less the pool's reservations: the trainer's tables, the runtimes, the code), so
+    /// that `--memory-limit` bounds the process during a pass and not only the operators; at most
+    /// half the limit, so the operators always get the other half. None when the operators run
+    /// elsewhere (a Ballista cluster) or the resident size is unknown.
+    fn hold_resident_memory(&self) -> Option<MemoryReservation> {
+        if !self.in_process {
+            return None;
+        }
+        let pool = &self.ctx.runtime_env().memory_pool;
+        let resident = (xsell_data::resident_mib()? * 1048576.0) as usize;
+        let held = resident.saturating_sub(pool.reserved()).min(self.limit as usize / 2);
+        let reservation = MemoryConsumer::new(OUTSIDE_THE_ENGINE).register(pool);
+        reservation.grow(held);
+        Some(reservation)
     }
 
     fn error(&self, what: &'static str, e: DataFusionError) -> EngineError {

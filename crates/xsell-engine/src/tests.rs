@@ -309,3 +309,35 @@ fn a_log_without_returns_or_pairs_is_counted() {
     let (newest, _) = engine.newest_orders(0, 10).unwrap();
     assert_eq!(newest.orders.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), ["1", "2", "10"]);
 }
+
+/// During a call, the process's resident memory is reserved in the engine's pool (at most half
+/// the limit) and released afterwards, so the limit bounds the process and not only the operators.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_process_memory_counts_against_the_limit_during_a_call() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("log");
+    generated_dir(&input);
+    for limit in [64u64 << 20, 8 << 30] {
+        let cfg = EngineConfig { memory_limit: limit, ..small_engine_config(tmp.path()) };
+        let engine = Engine::open(&input.to_string_lossy(), &ColumnMap::default(), &cfg).unwrap();
+        let pool = engine.ctx.runtime_env().memory_pool.clone();
+        assert_eq!(pool.reserved(), 0, "nothing is reserved between calls");
+        let resident = || (xsell_data::resident_mib().unwrap() * 1048576.0) as usize;
+        let before = resident();
+        let held = engine.hold_resident_memory().expect("a local engine reserves");
+        let after = resident();
+        assert_eq!(pool.reserved(), held.size());
+        // (other tests of this process allocate meanwhile: the reading is bracketed, with slack)
+        let (lo, hi) = (before.min(after).saturating_sub(64 << 20), before.max(after) + (64 << 20));
+        if limit == 64 << 20 {
+            assert_eq!(held.size(), 32 << 20, "half the limit, as this process holds more");
+        } else {
+            assert!((lo..=hi).contains(&held.size()), "held {} at {before}..{after} resident", held.size());
+        }
+        drop(held);
+        assert_eq!(pool.reserved(), 0);
+        // and the passes still run within the limit that is left
+        engine.aggregates(engine.n_orders(), None, &AggregateConfig::default()).unwrap();
+    }
+}

@@ -314,7 +314,7 @@ pub fn update(
         ease: ease.map(|e| EaseReport { trials: Vec::new(), tail_trial: None, ..e }),
         ..report.clone()
     };
-    let parts = CrossSellModel::new(parts)?.into_parts();
+    parts.validate()?;
     Ok(Fitted { parts, report, aggregates: agg, ablations: Vec::new(), tally: Some(tally) })
 }
 
@@ -754,6 +754,6 @@ pub fn train_from(input: &TrainInput<'_>, cfg: &ValidTrainConfig, progress: &mut
     report.customers = parts.customers.ids.len();
     report.validation = validation;
     // validates the final parts once, so a bad model fails here and not in the server
-    let parts = CrossSellModel::new(parts)?.into_parts();
+    parts.validate()?;
     Ok(Fitted { parts, report, aggregates: all_agg, ablations, tally })
 }
