@@ -86,10 +86,7 @@ fn peak_rss_mib() -> Option<f64> {
 
 /// Peak resident memory of a process (`self` or a pid) in MiB (Linux `VmHWM`).
 pub fn peak_rss_mib_of(pid: &str) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    xsell_data::process_status_mib(pid, "VmHWM")
 }
 
 /// The aggregate pass over every order of `spec` (the trainer's settings), in process and on

@@ -42,7 +42,14 @@ pub fn release_freed_memory() {
 /// This process's resident memory in MiB now (Linux `VmRSS`; None elsewhere), for the phase
 /// traces of engine passes and training.
 pub fn resident_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    process_status_mib("self", "VmRSS")
+}
+
+/// A memory figure of a process (`self` or a pid) in MiB, from Linux's `/proc/<pid>/status`
+/// (`key`: `VmRSS` now, `VmHWM` the peak); None elsewhere.
+pub fn process_status_mib(pid: &str, key: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.strip_prefix(key).is_some_and(|r| r.starts_with(':')))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
