@@ -387,6 +387,8 @@ async fn metrics_are_served_over_http() {
         r#"xsell_calls_total{rpc="Rank",code="Ok"} 5"#,
         r#"xsell_calls_total{rpc="Rank",code="InvalidArgument"} 1"#,
         "xsell_call_duration_seconds_bucket{",
+        r#"xsell_rank_job_wait_seconds_count{lane="interactive"} 5"#,
+        r#"xsell_rank_job_run_seconds_count{lane="interactive"} 5"#,
         "xsell_model_info{version=",
         "xsell_model_age_seconds",
         "xsell_shed_total 0",

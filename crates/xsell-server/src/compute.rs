@@ -52,6 +52,17 @@ pub enum Lane {
     Bulk,
 }
 
+impl Lane {
+    /// The lane's metric label.
+    fn label(self) -> crate::metrics::LaneLabel {
+        let lane = match self {
+            Lane::Interactive => "interactive",
+            Lane::Bulk => "bulk",
+        };
+        crate::metrics::LaneLabel { lane }
+    }
+}
+
 #[derive(Debug)]
 struct Pool {
     pool: rayon::ThreadPool,
@@ -174,6 +185,7 @@ impl Compute {
         let (tx, rx) = oneshot::channel::<Result<T, Status>>();
         let metrics = self.metrics.clone();
         let ns_per_unit = self.ns_per_unit.clone();
+        let admitted = Instant::now();
         pool.pool.spawn(move || {
             let _permit = permit;
             let _queued = queued;
@@ -188,6 +200,8 @@ impl Compute {
                     let started = Instant::now();
                     let out = job(&cancel);
                     metrics.jobs_running.dec();
+                    metrics.job_wait.get_or_create(&lane.label()).observe((started - admitted).as_secs_f64());
+                    metrics.job_run.get_or_create(&lane.label()).observe(started.elapsed().as_secs_f64());
                     if cancel.is_cancelled() {
                         metrics.abandoned.inc();
                     } else if units > 0 {

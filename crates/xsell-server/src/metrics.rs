@@ -30,6 +30,13 @@ pub struct RpcLabel {
     pub rpc: &'static str,
 }
 
+/// Labels of the ranking pools' histograms.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabel {
+    /// `interactive` or `bulk`.
+    pub lane: &'static str,
+}
+
 /// Labels of the model-info gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabel {
@@ -45,6 +52,7 @@ pub struct OutcomeLabel {
 }
 
 type HistogramFamily = Family<RpcLabel, Histogram, fn() -> Histogram>;
+type LaneHistogramFamily = Family<LaneLabel, Histogram, fn() -> Histogram>;
 
 /// Every metric of the server.
 #[derive(Debug)]
@@ -58,6 +66,11 @@ pub struct Metrics {
     pub calls_in_flight: Gauge,
     /// Ranking jobs running on the pool now.
     pub jobs_running: Gauge,
+    /// Seconds a ranking job waited between its admission and its start (the hand-off to the
+    /// pool and the queue ahead of it), by lane.
+    pub job_wait: LaneHistogramFamily,
+    /// Seconds a ranking job ran on its pool thread, by lane.
+    pub job_run: LaneHistogramFamily,
     /// Calls shed because `max_in_flight` calls were already admitted.
     pub shed: Counter,
     /// Ranking work dropped or cut short because its deadline passed or its client went away.
@@ -83,6 +96,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(50e-6, 2.0, 19))
 }
 
+fn job_histogram() -> Histogram {
+    // 5 µs … ~10 s: a job's wait and run are often a few microseconds
+    Histogram::new(exponential_buckets(5e-6, 2.0, 22))
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -97,6 +115,8 @@ impl Metrics {
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let calls_in_flight = Gauge::default();
         let jobs_running = Gauge::default();
+        let job_wait: LaneHistogramFamily = Family::new_with_constructor(job_histogram);
+        let job_run: LaneHistogramFamily = Family::new_with_constructor(job_histogram);
         let shed = Counter::default();
         let abandoned = Counter::default();
         let ranked = Counter::default();
@@ -115,6 +135,12 @@ impl Metrics {
         registry.register("call_duration_seconds", "gRPC call latency as the server sees it", latency.clone());
         registry.register("calls_in_flight", "gRPC calls being handled", calls_in_flight.clone());
         registry.register("rank_jobs_running", "Ranking jobs running on the compute pool", jobs_running.clone());
+        registry.register(
+            "rank_job_wait_seconds",
+            "Time a ranking job waited from admission to its start on a pool thread, by lane",
+            job_wait.clone(),
+        );
+        registry.register("rank_job_run_seconds", "Time a ranking job ran on a pool thread, by lane", job_run.clone());
         registry.register("shed", "Calls refused with RESOURCE_EXHAUSTED because the pool was full", shed.clone());
         registry.register("abandoned", "Ranking work dropped because its deadline passed or its client left", abandoned.clone());
         registry.register("ranked_requests", "Ranking requests answered (each request of a batch counts)", ranked.clone());
@@ -128,6 +154,8 @@ impl Metrics {
             latency,
             calls_in_flight,
             jobs_running,
+            job_wait,
+            job_run,
             shed,
             abandoned,
             ranked,
