@@ -13,6 +13,7 @@ pub mod csr;
 pub mod error;
 pub mod explain;
 pub mod features;
+mod ids;
 pub mod log;
 pub mod metrics;
 pub mod model;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use ndarray::Array2;
 
+use crate::ids::IdIndex;
 use crate::names::NameIndex;
 use crate::policy::{CustomerRule, Effective, Objective, Policies, RankPolicy, Scored};
 use crate::retrieval::{Candidates, Marks, Neighbours, Retrieval, Scratch, Source, Touched, truncate_best, unit_rows, with_scratch};
@@ -355,8 +356,8 @@ pub struct Ranking {
 #[derive(Debug, Clone)]
 pub struct CrossSellModel {
     pub(crate) parts: ModelParts,
-    item_index: HashMap<String, ItemIx>,
-    customer_index: HashMap<String, CustomerIx>,
+    item_index: IdIndex,
+    customer_index: IdIndex,
     pub(crate) category_of: Vec<Option<u32>>,
     category_index: HashMap<String, u32>,
     /// Per item, its kind: the catalog category when the catalog has categories, else the
@@ -412,8 +413,9 @@ impl CrossSellModel {
         let it = &parts.items;
         let ct = &parts.customers;
         let pair_partners = pair_partners(&parts.ease_pairs.pairs, n);
-        let item_index: HashMap<String, ItemIx> = it.ids.iter().enumerate().map(|(i, id)| (id.clone(), i as ItemIx)).collect();
-        let customer_index: HashMap<String, CustomerIx> = ct.ids.iter().enumerate().map(|(c, id)| (id.clone(), c as CustomerIx)).collect();
+        // the largest lookup tables are independent: built side by side (a 1M-item load)
+        let ((item_index, customer_index), names) =
+            rayon::join(|| rayon::join(|| IdIndex::new(&it.ids), || IdIndex::new(&ct.ids)), || NameIndex::new(&it.names));
         let mut category_index = HashMap::new();
         let category_of: Vec<Option<u32>> = it
             .categories
@@ -435,7 +437,6 @@ impl CrossSellModel {
         // a latent category is a cluster of contexts, not a kind the catalog declares: its
         // pairs are judged one by one (see is_substitute)
         let substitute_kind = if category_index.is_empty() { vec![false; n_kinds] } else { substitute_kinds(&parts, &kind_of, n_kinds) };
-        let names = NameIndex::new(&parts.items.names);
         let mut parts = parts;
         if parts.neighbours.is_empty() {
             parts.neighbours =
@@ -501,12 +502,12 @@ impl CrossSellModel {
 
     /// Index of an external item id.
     pub fn item(&self, id: &str) -> Option<ItemIx> {
-        self.item_index.get(id).copied()
+        self.item_index.get(&self.parts.items.ids, id)
     }
 
     /// Index of an external customer id.
     pub fn customer(&self, id: &str) -> Option<CustomerIx> {
-        self.customer_index.get(id).copied()
+        self.customer_index.get(&self.parts.customers.ids, id)
     }
 
     /// The candidate budget in use.

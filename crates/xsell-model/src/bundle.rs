@@ -348,6 +348,73 @@ pub fn load(path: &Path) -> Result<Bundle> {
     if manifest.features.iter().map(String::as_str).ne(ours.iter().copied()) {
         return Err(BundleError::Features { path: path.into(), found: manifest.features.join(", "), expected: ours.join(", ") });
     }
+    // The catalog and customer tables (parquet) are decoded on a second thread while this one
+    // copies the tensors: a cold load waits for the disk, and the two overlap.
+    let (tables, parts) = std::thread::scope(|scope| {
+        let tables = scope.spawn(|| -> Result<_> {
+            let items = tables::read_catalog(&path.join(CATALOG))?;
+            let (customers, customer_lines) = tables::read_customers(&path.join(CUSTOMERS))?;
+            Ok((items, customers, customer_lines))
+        });
+        let tensors = load_tensors(path, found);
+        let tables = tables.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (tables, tensors)
+    });
+    let (items, customers, customer_lines) = tables?;
+    let parts = parts?;
+    if items.ids.len() != manifest.n_items || customers.ids.len() != manifest.n_customers {
+        return Err(BundleError::Inconsistent {
+            path: path.into(),
+            source: xsell_core::Error::Inconsistent(format!(
+                "tables hold {} items and {} customers, the manifest says {} and {}",
+                items.ids.len(),
+                customers.ids.len(),
+                manifest.n_items,
+                manifest.n_customers
+            )),
+        });
+    }
+    let parts = ModelParts {
+        items,
+        customers,
+        customer_lines,
+        pairs: parts.pairs,
+        history: Arc::new(parts.history),
+        since: Arc::new(parts.since),
+        ease: parts.ease,
+        ease_pairs: parts.ease_pairs,
+        ease_always_on: parts.ease_always_on,
+        emb_in: parts.emb_in,
+        emb_out: parts.emb_out,
+        n_orders: manifest.n_orders,
+        n_recent: manifest.n_recent,
+        ranker: manifest.ranker.clone(),
+        discovery_ranker: manifest.discovery_ranker.clone(),
+        neighbours: parts.neighbours,
+        retrieval: manifest.retrieval,
+        latent_categories: parts.latent_categories,
+        latent_substitutes: manifest.latent_substitutes,
+    };
+    let model = CrossSellModel::new(parts).map_err(|source| BundleError::Inconsistent { path: path.into(), source })?;
+    Ok(Bundle { manifest, model, path: path.into() })
+}
+
+/// The model parts a bundle's tensors file holds.
+struct Tensors {
+    pairs: Csr,
+    history: Csr,
+    since: Csr,
+    ease: Csr,
+    ease_pairs: PairWeights,
+    ease_always_on: Vec<f32>,
+    emb_in: Array2<f32>,
+    emb_out: Array2<f32>,
+    neighbours: Neighbours,
+    latent_categories: Vec<u32>,
+}
+
+/// Reads the tensors file of the bundle at `path` (format `found`).
+fn load_tensors(path: &Path, found: u32) -> Result<Tensors> {
     let tensors_path = path.join(TENSORS);
     let file = std::fs::File::open(&tensors_path).map_err(io(&tensors_path))?;
     // Mapped, not read: each tensor is copied once, from the page cache into its table, and the
@@ -357,6 +424,11 @@ pub fn load(path: &Path) -> Result<Bundle> {
     // this read; it is dropped before `load` returns.
     #[allow(unsafe_code)]
     let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(io(&tensors_path))?;
+    // Every byte is read once, front to back in large part: ask the kernel to read the whole
+    // file ahead now, in large requests, rather than a page fault's small window at a time
+    // (from a cold disk this is most of a large bundle's load). Advice only: a refusal is harmless.
+    #[cfg(unix)]
+    let _ = bytes.advise(memmap2::Advice::WillNeed);
     let bad = |reason: String| BundleError::Tensors { path: tensors_path.clone(), reason };
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let get = |name: &str, dtype: Dtype| -> Result<(Vec<usize>, &[u8])> {
@@ -390,27 +462,10 @@ pub fn load(path: &Path) -> Result<Bundle> {
             values: f32s(&format!("{name}.values"))?.1,
         })
     };
-    let items = tables::read_catalog(&path.join(CATALOG))?;
-    let (customers, customer_lines) = tables::read_customers(&path.join(CUSTOMERS))?;
-    if items.ids.len() != manifest.n_items || customers.ids.len() != manifest.n_customers {
-        return Err(BundleError::Inconsistent {
-            path: path.into(),
-            source: xsell_core::Error::Inconsistent(format!(
-                "tables hold {} items and {} customers, the manifest says {} and {}",
-                items.ids.len(),
-                customers.ids.len(),
-                manifest.n_items,
-                manifest.n_customers
-            )),
-        });
-    }
-    let parts = ModelParts {
-        items,
-        customers,
-        customer_lines,
+    Ok(Tensors {
         pairs: csr("pairs")?,
-        history: Arc::new(csr("history")?),
-        since: Arc::new(csr("since")?),
+        history: csr("history")?,
+        since: csr("since")?,
         ease: csr("ease")?,
         ease_pairs: if found >= 3 {
             PairWeights { pairs: ease_pairs()?, weights: csr("ease_pair_weights")? }
@@ -420,21 +475,13 @@ pub fn load(path: &Path) -> Result<Bundle> {
         ease_always_on: if found >= 4 { f32s("ease_always_on")?.1 } else { Vec::new() },
         emb_in: matrix("emb_in")?,
         emb_out: matrix("emb_out")?,
-        n_orders: manifest.n_orders,
-        n_recent: manifest.n_recent,
-        ranker: manifest.ranker.clone(),
-        discovery_ranker: manifest.discovery_ranker.clone(),
         neighbours: if found >= 5 {
             Neighbours { comp: csr("neighbours_comp")?, similar: csr("neighbours_similar")? }
         } else {
             Neighbours::default()
         },
-        retrieval: manifest.retrieval,
         latent_categories: if found >= 6 { u32s("latent_categories")? } else { Vec::new() },
-        latent_substitutes: manifest.latent_substitutes,
-    };
-    let model = CrossSellModel::new(parts).map_err(|source| BundleError::Inconsistent { path: path.into(), source })?;
-    Ok(Bundle { manifest, model, path: path.into() })
+    })
 }
 
 #[cfg(test)]
