@@ -71,10 +71,13 @@ struct Pool {
     queued: Arc<AtomicU64>,
 }
 
-/// The scheduling niceness of the bulk lane's threads (Linux): under contention the kernel gives
-/// an interactive thread about nine tenths of a core against one bulk thread (weights 1024 and
-/// 110) and lets a woken interactive thread preempt a bulk one, so a batch running on every core
-/// still leaves small calls their latency; on an idle machine the bulk lane runs at full speed.
+/// The scheduling niceness of the bulk lane's threads (Linux), which also run in the idle
+/// scheduling class (`SCHED_IDLE`): under contention the kernel gives a bulk thread a sliver of
+/// a core against any normal thread (the interactive lane, the I/O threads, other processes) and
+/// lets a woken interactive thread preempt it at once, so a batch running on every core still
+/// leaves small calls their latency; on an idle machine the bulk lane runs at full speed. (Niceness
+/// alone, weights 110 against 1024, left small `Rank`s a p50 of 3.7 ms under two maximal batches
+/// against 0.65 ms idle; with the idle class, 0.57–0.79 ms.)
 pub const BULK_NICE: i32 = 10;
 
 impl Pool {
@@ -90,8 +93,8 @@ impl Pool {
     }
 }
 
-/// Sets the calling thread's niceness to `nice` (0: leaves it). Best effort: a refusal is logged
-/// and the thread runs at the normal priority.
+/// Sets the calling thread's niceness to `nice` and puts it in the idle scheduling class (0:
+/// leaves it). Best effort: a refusal is logged and the thread runs at the normal priority.
 fn lower_priority(nice: i32) {
     if nice == 0 {
         return;
@@ -104,6 +107,12 @@ fn lower_priority(nice: i32) {
         let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
         if rc != 0 {
             tracing::warn!(nice, error = %std::io::Error::last_os_error(), "could not lower a bulk thread's priority");
+        }
+        // SAFETY: the parameter is a valid sched_param on the stack; pid 0 is the calling thread.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &libc::sched_param { sched_priority: 0 }) };
+        if rc != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "could not put a bulk thread in the idle scheduling class");
         }
     }
 }
@@ -236,5 +245,31 @@ impl QueuedUnits {
 impl Drop for QueuedUnits {
     fn drop(&mut self) {
         self.queued.fetch_sub(self.units, Ordering::Relaxed);
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// The calling thread's scheduling policy and niceness.
+    fn scheduling() -> (i32, i32) {
+        // SAFETY: neither call takes a pointer; pid 0 and PRIO_PROCESS with the thread id name
+        // the calling thread.
+        #[allow(unsafe_code)]
+        unsafe {
+            (libc::sched_getscheduler(0), libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t))
+        }
+    }
+
+    #[tokio::test]
+    async fn bulk_jobs_run_in_the_idle_class_and_interactive_ones_do_not() {
+        let compute = Compute::new(1, 1, 4, Arc::new(Metrics::new())).unwrap();
+        let on = |lane| compute.run(lane, Admission::Wait, None, 1, |_| Ok(scheduling()));
+        let (policy, nice) = on(Lane::Bulk).await.unwrap();
+        assert_eq!(policy, libc::SCHED_IDLE, "the bulk lane's threads");
+        assert!(nice >= BULK_NICE, "the bulk lane's threads run at niceness {nice}");
+        let (policy, _) = on(Lane::Interactive).await.unwrap();
+        assert_eq!(policy, libc::SCHED_OTHER, "the interactive lane's threads");
     }
 }
