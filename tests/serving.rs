@@ -157,6 +157,13 @@ async fn budgets_ids_and_privacy() {
     assert!(e.message().contains("limits.max_batch_offers"), "{}", e.message());
     let e = c.rank_batch(RankBatchRequest { requests: (0..10_001).map(small).collect() }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
+    // a batch with one bad member is refused, naming it, before any of the batch is ranked
+    let mut requests: Vec<RankRequest> = (0..50).map(small).collect();
+    requests[49].touchpoint = 99;
+    let e = c.rank_batch(RankBatchRequest { requests }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().starts_with("request 49: touchpoint 99"), "{}", e.message());
+    assert_eq!(s.metrics.ranked.get(), 0, "nothing was ranked");
     // request ids are bounded and cannot forge log lines
     for id in ["x".repeat(200), "a\nforged log line".into()] {
         let e = c.rank(RankRequest { request_id: id, ..small(0) }).await.unwrap_err();
@@ -387,9 +394,9 @@ async fn metrics_are_served_over_http() {
         r#"xsell_calls_total{rpc="Rank",code="Ok"} 5"#,
         r#"xsell_calls_total{rpc="Rank",code="InvalidArgument"} 1"#,
         "xsell_call_duration_seconds_bucket{",
-        // six jobs: the request with k = 0 is refused by the job itself (the query's checks run on the pool)
-        r#"xsell_rank_job_wait_seconds_count{lane="interactive"} 6"#,
-        r#"xsell_rank_job_run_seconds_count{lane="interactive"} 6"#,
+        // five jobs: the request with k = 0 is refused before it reaches the pool
+        r#"xsell_rank_job_wait_seconds_count{lane="interactive"} 5"#,
+        r#"xsell_rank_job_run_seconds_count{lane="interactive"} 5"#,
         "xsell_model_info{version=",
         "xsell_model_age_seconds",
         "xsell_shed_total 0",

@@ -89,9 +89,10 @@ fn code<T>(r: &Result<T, Status>) -> Code {
     r.as_ref().map_or_else(|s| s.code(), |_| Code::Ok)
 }
 
-/// A request checked on the I/O thread: valid id, within the work budget.
+/// A request checked on the I/O thread: valid id and fields, within the work budget.
 struct Checked {
     req: v1::RankRequest,
+    query: xsell_core::RankQuery,
     work: u64,
 }
 
@@ -128,7 +129,8 @@ impl Inner {
         self.store.current().ok_or_else(|| Status::unavailable("no model is loaded yet; retry once health reports SERVING"))
     }
 
-    /// Cheap checks that need no ranking: the request id and the work budget.
+    /// Cheap checks that need no ranking: the request id, the fields (`convert::query`) and the
+    /// work budget.
     fn check(&self, served: &Served, req: v1::RankRequest) -> Result<Checked, Status> {
         if req.request_id.len() > MAX_REQUEST_ID {
             return Err(Status::invalid_argument(format!(
@@ -146,13 +148,15 @@ impl Inner {
                 self.limits.max_request_work
             )));
         }
-        Ok(Checked { req, work })
+        // the fields' checks run here too, so a bad request never takes a pool slot and a batch
+        // with one fails before any of it is ranked
+        let query = convert::query(&req)?;
+        Ok(Checked { req, query, work })
     }
 
     /// Ranks one checked request (on the pool).
     fn rank_one(&self, served: &Served, checked: Checked) -> Result<v1::RankResponse, Status> {
-        let req = checked.req;
-        let query = convert::query(&req)?;
+        let Checked { req, query, .. } = checked;
         let request_id = self.request_id(req.request_id);
         let ranking = served.bundle.model.rank_with(&query, &self.answers.policies).map_err(convert::core_status)?;
         let resp = convert::response(&served.bundle, ranking, request_id);
@@ -196,13 +200,13 @@ impl Inner {
             )));
         }
         self.compute
-            .run(Lane::Interactive, Admission::Shed, deadline, work, move |_| this.bundle_one(&served, checked.req, size, discount))
+            .run(Lane::Interactive, Admission::Shed, deadline, work, move |_| this.bundle_one(&served, checked, size, discount))
             .await
     }
 
     /// Builds one bundle (on the pool).
-    fn bundle_one(&self, served: &Served, req: v1::RankRequest, size: usize, discount: f32) -> Result<v1::BundleResponse, Status> {
-        let query = convert::query(&req)?;
+    fn bundle_one(&self, served: &Served, checked: Checked, size: usize, discount: f32) -> Result<v1::BundleResponse, Status> {
+        let Checked { req, query, .. } = checked;
         let request_id = self.request_id(req.request_id);
         let b = served.bundle.model.bundle_with(&query, size, discount, &self.answers.policies).map_err(convert::core_status)?;
         let items = convert::response(&served.bundle, b.ranking, request_id);
