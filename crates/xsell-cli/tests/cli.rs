@@ -121,7 +121,7 @@ fn training_on_the_engine_writes_a_working_bundle() {
         "--engine",
         "datafusion",
         "--memory-limit",
-        "64MB",
+        "128MB",
         "--work-dir",
         "work",
     ]);
@@ -214,7 +214,7 @@ fn an_update_folds_newer_orders_into_the_latest_bundle() {
     assert_ne!(warmed.model.parts().emb_in, updated.model.parts().emb_in);
 
     // a bundle trained on the engine keeps its counts too, and takes the same update
-    ok(&["train", "--orders", "old.parquet", "--config", "hp.json", "--name", "e", "--engine", "datafusion", "--memory-limit", "64MB"]);
+    ok(&["train", "--orders", "old.parquet", "--config", "hp.json", "--name", "e", "--engine", "datafusion", "--memory-limit", "128MB"]);
     let said = ok(&["train", "--update", "--orders", "new.parquet", "--name", "e"]);
     assert!(said.contains("updated"), "{said}");
     let engine_updated = xsell_model::load_latest(&dir.path().join("models/e")).unwrap();
