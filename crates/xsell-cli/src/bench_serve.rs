@@ -88,6 +88,10 @@ pub struct BenchServeArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The running server's metrics address (its `metrics_addr`, host:port), to report the
+    /// server's side of each `Rank` point; a server started here exposes one by itself.
+    #[arg(long)]
+    server_metrics: Option<String>,
 }
 
 /// One measured point.
@@ -191,17 +195,57 @@ impl ChildServer {
     }
 }
 
-fn start_server(a: &BenchServeArgs) -> anyhow::Result<(ChildServer, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let addr = format!("127.0.0.1:{port}");
+/// A free loopback address (the port is released for the server to take).
+fn free_addr() -> anyhow::Result<String> {
+    Ok(format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()))
+}
+
+/// Starts `xsell serve` on the bundle: returns it, its gRPC address and its metrics address.
+fn start_server(a: &BenchServeArgs) -> anyhow::Result<(ChildServer, String, String)> {
+    let (addr, metrics) = (free_addr()?, free_addr()?);
     let mut cmd = std::process::Command::new(std::env::current_exe().context("finding the xsell binary")?);
-    cmd.arg("serve").arg("--models").arg(&a.models).args(["--name", &a.name, "--addr", &addr, "--metrics-addr", ""]);
+    cmd.arg("serve").arg("--models").arg(&a.models).args(["--name", &a.name, "--addr", &addr, "--metrics-addr", &metrics]);
     if let Some(c) = &a.serve_config {
         cmd.arg("--config").arg(c);
     }
     cmd.env("XSELL_LOG", "warn").stdin(std::process::Stdio::null());
     let child = cmd.spawn().context("starting `xsell serve`")?;
-    Ok((ChildServer { child }, addr))
+    Ok((ChildServer { child }, addr, metrics))
+}
+
+/// The server's own account of its `Rank` calls, from its metrics: sums (seconds) and counts of
+/// the call latency and of the interactive lane's job wait and run.
+#[derive(Debug, Clone, Copy, Default)]
+struct ServerSide {
+    call: (f64, f64),
+    wait: (f64, f64),
+    run: (f64, f64),
+}
+
+impl ServerSide {
+    /// Reads the server's metrics at `addr` (None when they cannot be read).
+    fn scrape(addr: &str) -> Option<ServerSide> {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(addr).ok()?;
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(tcp, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).ok()?;
+        let value =
+            |name: &str| -> f64 { text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0) };
+        let pair = |family: &str, label: &str| (value(&format!("{family}_sum{{{label}}} ")), value(&format!("{family}_count{{{label}}} ")));
+        Some(ServerSide {
+            call: pair("xsell_call_duration_seconds", r#"rpc="Rank""#),
+            wait: pair("xsell_rank_job_wait_seconds", r#"lane="interactive""#),
+            run: pair("xsell_rank_job_run_seconds", r#"lane="interactive""#),
+        })
+    }
+
+    /// Mean milliseconds per call between two readings: (handler, job wait, job run).
+    fn means_since(&self, before: &ServerSide) -> (f64, f64, f64) {
+        let mean = |a: (f64, f64), b: (f64, f64)| if a.1 > b.1 { (a.0 - b.0) / (a.1 - b.1) * 1e3 } else { f64::NAN };
+        (mean(self.call, before.call), mean(self.wait, before.wait), mean(self.run, before.run))
+    }
 }
 
 async fn wait_serving(addr: &str) -> anyhow::Result<()> {
@@ -220,6 +264,10 @@ async fn wait_serving(addr: &str) -> anyhow::Result<()> {
 
 fn request(q: &RankQuery, k: u32) -> RankRequest {
     RankRequest { customer_id: q.customer_id.clone(), basket: q.basket.clone(), k, ..Default::default() }
+}
+
+fn callers(c: usize) -> String {
+    if c == 1 { "1 caller".into() } else { format!("{c} callers") }
 }
 
 fn ms(d: f64) -> String {
@@ -298,6 +346,18 @@ pub fn run(a: BenchServeArgs) -> anyhow::Result<()> {
         None => Some(start_server(&a)?),
     };
     let addr = a.server.clone().unwrap_or_else(|| child.as_ref().map(|c| c.1.clone()).unwrap_or_default());
+    let metrics_addr = a.server_metrics.clone().or_else(|| child.as_ref().map(|c| c.2.clone()));
+    let metrics_shown = metrics_addr.clone();
+    let server_side = move || {
+        let at = metrics_addr.clone();
+        async move {
+            match at {
+                Some(at) => tokio::task::spawn_blocking(move || ServerSide::scrape(&at)).await.ok().flatten(),
+                None => None,
+            }
+        }
+    };
+    let mut server_lines = Vec::new();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let dur = Duration::from_secs_f64(a.seconds);
     outln!(
@@ -341,7 +401,24 @@ pub fn run(a: BenchServeArgs) -> anyhow::Result<()> {
             let _ = drive("warm-up", 1, Duration::from_millis(500), None, rank(chans.clone(), requests.clone())).await;
             for &c in &a.callers {
                 let floor = drive("health (floor)", c, dur, None, health(chans.clone())).await;
+                let before = server_side().await;
                 let r = drive("Rank", c, dur, None, rank(chans.clone(), requests.clone())).await;
+                if let (Some(before), Some(after)) = (before, server_side().await) {
+                    // where a call's time goes, as the server saw it
+                    let (handler, wait, run) = after.means_since(&before);
+                    extra.insert(format!("server_side_{c}"), json!({ "handler_ms": handler, "job_wait_ms": wait, "job_run_ms": run }));
+                    server_lines.push(format!(
+                        "Rank at {}, server side (means): handler {} ms = job wait {} + job run {} + the rest {} ms; the client saw {} ms",
+                        callers(c),
+                        ms(handler),
+                        ms(wait),
+                        ms(run),
+                        ms(handler - wait - run),
+                        ms(c as f64 / r.qps * 1e3)
+                    ));
+                } else if let Some(at) = &metrics_shown {
+                    server_lines.push(format!("Rank at {}: the server's metrics at {at} could not be read", callers(c)));
+                }
                 extra.insert(format!("rank_over_floor_qps_{c}"), json!(r.qps / floor.qps));
                 points.push(floor);
                 points.push(r);
@@ -437,6 +514,9 @@ pub fn run(a: BenchServeArgs) -> anyhow::Result<()> {
         extra.insert("server_peak_rss_mib".into(), json!(rss));
     }
     print(&points);
+    for line in &server_lines {
+        outln!("{line}");
+    }
     for (k, v) in &extra {
         outln!("{k}: {v}");
     }
