@@ -182,6 +182,10 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             let lists = local(&m, &queries, false)?;
             let secs = t.elapsed().as_secs_f64();
             budgets.push((b, CandidateRecall::of(&m, &queries, false)?.overall, judge(&queries, &lists, &tags, n_train_items), secs));
+            if !discovery_queries.is_empty() {
+                let lists = local(&m, &discovery_queries, true)?;
+                discovery.push((format!("xsell (budget {b})"), Discovery::of(&discovery_queries, &lists, &tags, n_train_items)));
+            }
         }
         if a.ablation {
             let variants = STAGES
