@@ -89,9 +89,10 @@ fn code<T>(r: &Result<T, Status>) -> Code {
     r.as_ref().map_or_else(|s| s.code(), |_| Code::Ok)
 }
 
-/// A request checked on the I/O thread: valid id and fields, within the work budget.
+/// A request checked on the I/O thread: valid id and fields, within the work budget. Only the
+/// query is kept (the request's lists are not held twice).
 struct Checked {
-    req: v1::RankRequest,
+    request_id: String,
     query: xsell_core::RankQuery,
     work: u64,
 }
@@ -151,18 +152,18 @@ impl Inner {
         // the fields' checks run here too, so a bad request never takes a pool slot and a batch
         // with one fails before any of it is ranked
         let query = convert::query(&req)?;
-        Ok(Checked { req, query, work })
+        Ok(Checked { request_id: req.request_id, query, work })
     }
 
     /// Ranks one checked request (on the pool).
     fn rank_one(&self, served: &Served, checked: Checked) -> Result<v1::RankResponse, Status> {
-        let Checked { req, query, .. } = checked;
-        let request_id = self.request_id(req.request_id);
+        let Checked { request_id, query, .. } = checked;
+        let request_id = self.request_id(request_id);
         let ranking = served.bundle.model.rank_with(&query, &self.answers.policies).map_err(convert::core_status)?;
         let resp = convert::response(&served.bundle, ranking, request_id);
         self.metrics.ranked.inc();
         if let Some(log) = &self.answers.exposures {
-            log.record(Exposure::of(req.customer_id.as_deref(), query.touchpoint.key(), &resp));
+            log.record(Exposure::of(query.customer_id.as_deref(), query.touchpoint.key(), &resp));
         }
         tracing::debug!(request_id = ?resp.request_id, model_version = %resp.model_version, offers = resp.items.len(), "ranked");
         Ok(resp)
@@ -206,12 +207,12 @@ impl Inner {
 
     /// Builds one bundle (on the pool).
     fn bundle_one(&self, served: &Served, checked: Checked, size: usize, discount: f32) -> Result<v1::BundleResponse, Status> {
-        let Checked { req, query, .. } = checked;
-        let request_id = self.request_id(req.request_id);
+        let Checked { request_id, query, .. } = checked;
+        let request_id = self.request_id(request_id);
         let b = served.bundle.model.bundle_with(&query, size, discount, &self.answers.policies).map_err(convert::core_status)?;
         let items = convert::response(&served.bundle, b.ranking, request_id);
         if let Some(log) = &self.answers.exposures {
-            log.record(Exposure::of(req.customer_id.as_deref(), query.touchpoint.key(), &items));
+            log.record(Exposure::of(query.customer_id.as_deref(), query.touchpoint.key(), &items));
         }
         Ok(v1::BundleResponse {
             items: Some(items),
