@@ -438,11 +438,12 @@ impl CrossSellModel {
         // pairs are judged one by one (see is_substitute)
         let substitute_kind = if category_index.is_empty() { vec![false; n_kinds] } else { substitute_kinds(&parts, &kind_of, n_kinds) };
         let mut parts = parts;
+        // stored lists were checked by `validate`; lists computed here are checked once too
         if parts.neighbours.is_empty() {
             parts.neighbours =
                 Neighbours::compute(&parts.emb_in, &parts.emb_out, &parts.items.orders, LOAD_TIME_NEIGHBOURS, LOAD_TIME_NEIGHBOUR_TARGETS);
+            parts.neighbours.validate(n).map_err(Error::Inconsistent)?;
         }
-        parts.neighbours.validate(n).map_err(Error::Inconsistent)?;
         let it = &parts.items;
         let by = |key: &dyn Fn(usize) -> (f32, f32)| {
             let mut v: Vec<ItemIx> = (0..n as ItemIx).collect();

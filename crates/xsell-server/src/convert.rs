@@ -6,8 +6,8 @@ use xsell_core::{Objective, RankQuery, Ranking, Suppression, Touchpoint, Withhel
 use xsell_model::Bundle;
 use xsell_proto::v1;
 
-/// A request as a core query.
-pub fn query(req: &v1::RankRequest) -> Result<RankQuery, Status> {
+/// A request as a core query (its lists are moved, not copied).
+pub fn query(req: v1::RankRequest) -> Result<RankQuery, Status> {
     let touchpoint = match v1::Touchpoint::try_from(req.touchpoint) {
         Ok(v1::Touchpoint::Unspecified) => Touchpoint::Unspecified,
         Ok(v1::Touchpoint::ProductPage) => Touchpoint::ProductPage,
@@ -30,13 +30,13 @@ pub fn query(req: &v1::RankRequest) -> Result<RankQuery, Status> {
         return Err(Status::invalid_argument("min_probability must be a finite number within [0, 1]"));
     }
     let q = RankQuery {
-        customer_id: req.customer_id.clone(),
-        basket: req.basket.clone(),
+        customer_id: req.customer_id,
+        basket: req.basket,
         k: req.k as usize,
         touchpoint,
-        exclude: req.exclude.clone(),
-        allow: req.candidates.clone(),
-        categories: req.categories.clone(),
+        exclude: req.exclude,
+        allow: req.candidates,
+        categories: req.categories,
         min_probability: req.min_probability,
         max_per_category: req.max_per_category as usize,
         allow_substitutes: req.allow_substitutes,

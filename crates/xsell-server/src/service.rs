@@ -89,8 +89,8 @@ fn code<T>(r: &Result<T, Status>) -> Code {
     r.as_ref().map_or_else(|s| s.code(), |_| Code::Ok)
 }
 
-/// A request checked on the I/O thread: valid id and fields, within the work budget. Only the
-/// query is kept (the request's lists are not held twice).
+/// A request checked on the I/O thread: valid id and fields, within the work budget, as its id
+/// and the query its fields became.
 struct Checked {
     request_id: String,
     query: xsell_core::RankQuery,
@@ -132,7 +132,7 @@ impl Inner {
 
     /// Cheap checks that need no ranking: the request id, the fields (`convert::query`) and the
     /// work budget.
-    fn check(&self, served: &Served, req: v1::RankRequest) -> Result<Checked, Status> {
+    fn check(&self, served: &Served, mut req: v1::RankRequest) -> Result<Checked, Status> {
         if req.request_id.len() > MAX_REQUEST_ID {
             return Err(Status::invalid_argument(format!(
                 "request_id is {} bytes long, at most {MAX_REQUEST_ID} are accepted",
@@ -151,8 +151,9 @@ impl Inner {
         }
         // the fields' checks run here too, so a bad request never takes a pool slot and a batch
         // with one fails before any of it is ranked
-        let query = convert::query(&req)?;
-        Ok(Checked { request_id: req.request_id, query, work })
+        let request_id = std::mem::take(&mut req.request_id);
+        let query = convert::query(req)?;
+        Ok(Checked { request_id, query, work })
     }
 
     /// Ranks one checked request (on the pool).
