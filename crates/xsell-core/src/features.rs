@@ -4,11 +4,12 @@
 //! other candidates, so the trainer, `xsell eval` and the server see the same rows.
 
 use ndarray::{Array2, ArrayView1, Axis};
+use rayon::prelude::*;
 
 use crate::model::CrossSellModel;
 use crate::model::HISTORY_EASE_ITEMS;
-use crate::retrieval::{Candidates, Marks, Scratch, Source, Touched, truncate_best, with_scratch};
-use crate::{CustomerIx, ItemIx};
+use crate::retrieval::{Candidates, Marks, Scratch, Source, Touched, with_scratch};
+use crate::{Csr, CustomerIx, ItemIx};
 
 /// Names of the ranker's features, in column order of [`CrossSellModel::features`].
 pub const FEATURES: [&str; 16] = [
@@ -142,6 +143,7 @@ impl CrossSellModel {
     pub(crate) fn touch(&self, customer: Option<CustomerIx>, basket: &[ItemIx], held: &mut Marks, touched: &mut Touched, sources: bool) {
         let p = &self.parts;
         touched.begin(self.n_items());
+        self.names.profile(basket, &mut touched.names);
         if !basket.is_empty() {
             let inv_b = 1.0 / basket.len() as f32;
             for &i in basket {
@@ -165,13 +167,13 @@ impl CrossSellModel {
         }
         if let Some(c) = customer {
             let orders = p.customers.orders[c as usize].max(1.0);
-            for (i, h) in self.history_for_ease(customer) {
+            self.for_each_history_for_ease(c, |i, h| {
                 let share = h / orders;
                 let (ecols, evals) = p.ease.row(i as usize);
                 for (&j, &b) in ecols.iter().zip(evals) {
                     touched.at(j, Source::Ease).0.ease_history += share * b;
                 }
-            }
+            });
         }
         if sources && !basket.is_empty() {
             let inv_b = 1.0 / basket.len() as f32;
@@ -186,7 +188,9 @@ impl CrossSellModel {
                     t.similar = if first { v } else { t.similar.max(v) };
                 }
             }
-            self.names.look_alikes(basket, |j, v| touched.at(j, Source::Names).0.names += v);
+            let profile = std::mem::take(&mut touched.names); // its buffers move, nothing is copied
+            self.names.look_alikes(&profile, |j, v| touched.at(j, Source::Names).0.names += v);
+            touched.names = profile;
         }
     }
 
@@ -230,7 +234,7 @@ impl CrossSellModel {
                     x[[r, EASE]] += p.ease_always_on[j as usize];
                 }
             }
-            let (basket_sim, best) = self.names.similarities(basket, items);
+            let (basket_sim, best) = self.names.similarities(&touched.names, basket, items);
             x.column_mut(NAME_BASKET).assign(&ArrayView1::from(&basket_sim));
             x.column_mut(NAME_MAX).assign(&ArrayView1::from(&best));
             let mean_in = gather_rows(&p.emb_in, basket).mean_axis(Axis(0)).expect("basket is not empty");
@@ -258,18 +262,13 @@ impl CrossSellModel {
         x
     }
 
-    /// The customer's past items whose EASE rows count (`ease_history` and the EASE source): the
-    /// [`HISTORY_EASE_ITEMS`] bought in the most orders (ties: the lower index), by index, so a
-    /// long history costs a bounded number of rows.
-    pub(crate) fn history_for_ease(&self, customer: Option<CustomerIx>) -> Vec<(ItemIx, f32)> {
-        let Some(c) = customer else { return Vec::new() };
+    /// Calls `f(i, orders)` for the customer's past items whose EASE rows count (`ease_history`
+    /// and the EASE source): the [`HISTORY_EASE_ITEMS`] bought in the most orders (ties: the
+    /// lower index), by index, so a long history costs a bounded number of rows. Which ones is
+    /// settled once per customer at load ([`HistoryCut`]), so a request only filters the row.
+    pub(crate) fn for_each_history_for_ease(&self, c: CustomerIx, f: impl FnMut(ItemIx, f32)) {
         let (cols, vals) = self.parts.history.row(c as usize);
-        let mut v: Vec<(ItemIx, f32)> = cols.iter().copied().zip(vals.iter().copied()).collect();
-        if v.len() > HISTORY_EASE_ITEMS {
-            truncate_best(&mut v, HISTORY_EASE_ITEMS);
-            v.sort_unstable_by_key(|&(i, _)| i);
-        }
-        v
+        self.history_cuts[c as usize].for_each(cols, vals, f);
     }
 
     /// Calls `f(j, w)` for every weight of every EASE pair held whole by `basket`.
@@ -306,4 +305,47 @@ fn gather_rows(m: &Array2<f32>, rows: &[ItemIx]) -> Array2<f32> {
         v.extend_from_slice(&all[r as usize * d..(r as usize + 1) * d]);
     }
     Array2::from_shape_vec((rows.len(), d), v).expect("rows × dim values")
+}
+
+/// Which of a customer's past items count for [`CrossSellModel::for_each_history_for_ease`]:
+/// those bought in more than `count` orders, and the first `ties` (by index) bought in exactly
+/// `count`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct HistoryCut {
+    count: f32,
+    ties: u32,
+}
+
+impl HistoryCut {
+    /// The cut of every customer's history row (each row's [`HISTORY_EASE_ITEMS`] most bought).
+    pub(crate) fn of_rows(history: &Csr) -> Vec<HistoryCut> {
+        (0..history.n_rows())
+            .into_par_iter()
+            .map_init(Vec::new, |buf: &mut Vec<f32>, c| {
+                let vals = history.row(c).1;
+                if vals.len() <= HISTORY_EASE_ITEMS {
+                    return HistoryCut { count: f32::NEG_INFINITY, ties: 0 };
+                }
+                buf.clear();
+                buf.extend_from_slice(vals);
+                let count = *buf.select_nth_unstable_by(HISTORY_EASE_ITEMS - 1, |a, b| b.total_cmp(a)).1;
+                let above = vals.iter().filter(|&&h| h > count).count();
+                HistoryCut { count, ties: (HISTORY_EASE_ITEMS - above) as u32 }
+            })
+            .collect()
+    }
+
+    /// Calls `f(i, h)` for the entries of a history row (`cols`, `vals`) this cut keeps, in
+    /// row order.
+    pub(crate) fn for_each(self, cols: &[ItemIx], vals: &[f32], mut f: impl FnMut(ItemIx, f32)) {
+        let mut ties = self.ties;
+        for (&i, &h) in cols.iter().zip(vals) {
+            if h > self.count {
+                f(i, h);
+            } else if h == self.count && ties > 0 {
+                ties -= 1;
+                f(i, h);
+            }
+        }
+    }
 }

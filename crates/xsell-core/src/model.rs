@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use ndarray::Array2;
 
+use crate::features::HistoryCut;
 use crate::ids::IdIndex;
 use crate::names::NameIndex;
 use crate::policy::{CustomerRule, Effective, Objective, Policies, RankPolicy, Scored};
@@ -369,6 +370,8 @@ pub struct CrossSellModel {
     pub(crate) pair_partners: Vec<Vec<(ItemIx, u32)>>,
     pub(crate) emb_in_unit: Array2<f32>,
     pub(crate) names: NameIndex,
+    /// Per customer: which past items' EASE rows a request reads.
+    pub(crate) history_cuts: Vec<HistoryCut>,
     /// Items by recent popularity, then popularity (the popular source walks it).
     popular_order: Vec<ItemIx>,
     /// Items by EASE intercept (empty without one).
@@ -414,8 +417,10 @@ impl CrossSellModel {
         let ct = &parts.customers;
         let pair_partners = pair_partners(&parts.ease_pairs.pairs, n);
         // the largest lookup tables are independent: built side by side (a 1M-item load)
-        let ((item_index, customer_index), names) =
-            rayon::join(|| rayon::join(|| IdIndex::new(&it.ids), || IdIndex::new(&ct.ids)), || NameIndex::new(&it.names));
+        let ((item_index, customer_index), (names, history_cuts)) = rayon::join(
+            || rayon::join(|| IdIndex::new(&it.ids), || IdIndex::new(&ct.ids)),
+            || rayon::join(|| NameIndex::new(&it.names), || HistoryCut::of_rows(&parts.history)),
+        );
         let mut category_index = HashMap::new();
         let category_of: Vec<Option<u32>> = it
             .categories
@@ -479,6 +484,7 @@ impl CrossSellModel {
             pair_partners,
             emb_in_unit,
             names,
+            history_cuts,
             popular_order,
             prior_order,
             category_items,
@@ -632,21 +638,22 @@ impl CrossSellModel {
         lists.resize_with(crate::retrieval::SOURCES.len(), Vec::new);
         lists.iter_mut().for_each(Vec::clear);
         self.touch(customer, basket, held, touched, true);
-        touched.judge(eligible);
-        // EASE: the basket's rows, the pairs it holds whole, the customer's past items, the intercept
+        // EASE (the basket's rows, the pairs it holds whole, the customer's past items, the
+        // intercept); co-occurrence: mean P(j | i); embedding neighbours (mean) and look-alikes
+        // (max); names
         let intercept = |j: ItemIx| p.ease_always_on.get(j as usize).copied().unwrap_or(0.0);
-        touched.list(Source::Ease, |j, t| t.ease + t.ease_history + intercept(j), budget, &mut lists[0]);
+        touched.fill_lists(
+            eligible,
+            |j, t| [t.ease + t.ease_history + intercept(j), t.cooc_mean, t.comp, t.similar, t.names],
+            budget,
+            lists,
+        );
         if !p.ease_always_on.is_empty() {
             let untouched =
                 self.prior_order.iter().take(walk).filter(|&&j| !touched.touched_by(j, Source::Ease) && eligible(j)).take(budget);
             lists[0].extend(untouched.map(|&j| (j, p.ease_always_on[j as usize])));
             truncate_best(&mut lists[0], budget);
         }
-        // co-occurrence: mean P(j | i); embedding neighbours (mean) and look-alikes (max); names
-        touched.list(Source::Cooccurrence, |_, t| t.cooc_mean, budget, &mut lists[1]);
-        touched.list(Source::Embedding, |_, t| t.comp, budget, &mut lists[2]);
-        touched.list(Source::Similar, |_, t| t.similar, budget, &mut lists[3]);
-        touched.list(Source::Names, |_, t| t.names, budget, &mut lists[4]);
         // the customer's past items, by share of the customer's orders plus recency
         if let Some(c) = customer {
             let (items, counts) = p.history.row(c as usize);

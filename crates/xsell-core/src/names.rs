@@ -5,7 +5,7 @@
 //! co-purchase counts. Words are lowercased alphanumeric runs of two or more characters that are
 //! not plain numbers; a word's weight is its inverse document frequency over the catalog.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use crate::ItemIx;
 
@@ -73,11 +73,10 @@ impl NameIndex {
         NameIndex { vectors, postings }
     }
 
-    /// Calls `f(j, s)` for items `j` whose names share words with the basket's, `s` a part of
-    /// their cosine with the basket's names together; at most [`POSTINGS_PER_WORD`] items per
-    /// basket word (bounded work, whatever the catalog).
-    pub fn look_alikes(&self, basket: &[ItemIx], mut f: impl FnMut(ItemIx, f32)) {
-        let profile = self.profile(basket);
+    /// Calls `f(j, s)` for items `j` whose names share words with the basket's (`profile`, from
+    /// [`NameIndex::profile`]), `s` a part of their cosine with the basket's names together; at
+    /// most [`POSTINGS_PER_WORD`] items per basket word (bounded work, whatever the catalog).
+    pub fn look_alikes(&self, profile: &NameProfile, mut f: impl FnMut(ItemIx, f32)) {
         if profile.norm <= 0.0 {
             return;
         }
@@ -88,28 +87,36 @@ impl NameIndex {
         }
     }
 
-    /// The basket's names together: the sum of their vectors (by word) and its norm.
-    fn profile(&self, basket: &[ItemIx]) -> NameProfile {
-        // ordered, so the float sums come out the same on every run
-        let mut centroid: BTreeMap<u32, f32> = BTreeMap::new();
+    /// Sets `profile` to the basket's names together: the sum of their vectors (by word) and its
+    /// norm (computed once per request; its buffer is reused).
+    pub fn profile(&self, basket: &[ItemIx], profile: &mut NameProfile) {
+        let words = &mut profile.words;
+        words.clear();
         for v in basket.iter().filter_map(|&i| self.vectors.get(i as usize)) {
-            for &(w, x) in v {
-                *centroid.entry(w).or_default() += x;
+            words.extend_from_slice(v);
+        }
+        // stable: each word's weights are added in basket order, so the float sums come out the
+        // same on every run
+        words.sort_by_key(|&(w, _)| w);
+        profile.centroid.clear();
+        for &(w, x) in words.iter() {
+            match profile.centroid.last_mut() {
+                Some((last, sum)) if *last == w => *sum += x,
+                _ => profile.centroid.push((w, x)),
             }
         }
-        let norm = centroid.values().map(|x| x * x).sum::<f32>().sqrt();
-        NameProfile { centroid: centroid.into_iter().collect(), norm }
+        profile.norm = profile.centroid.iter().map(|(_, x)| x * x).sum::<f32>().sqrt();
     }
 
     /// For each of `items`: the cosine between its name and the basket's names together, and
     /// the largest cosine between its name and one basket item's name. Work: the items' words
     /// (sorted once) plus, per basket word, the items sharing it.
-    pub fn similarities(&self, basket: &[ItemIx], items: &[ItemIx]) -> (Vec<f32>, Vec<f32>) {
-        let profile = self.profile(basket);
+    /// `profile` is the basket's, from [`NameIndex::profile`].
+    pub fn similarities(&self, profile: &NameProfile, basket: &[ItemIx], items: &[ItemIx]) -> (Vec<f32>, Vec<f32>) {
         let mut basket_sim = vec![0f32; items.len()];
         let mut best = vec![0f32; items.len()];
-        // the items' words, by word: (word, row, weight)
-        let mut words: Vec<(u32, u32, f32)> = Vec::new();
+        // the items' words, by word then row: (word << 32 | row, weight)
+        let mut words: Vec<(u64, f32)> = Vec::new();
         for (r, &j) in items.iter().enumerate() {
             let Some(v) = self.vectors.get(j as usize) else { continue };
             if profile.norm > 0.0 {
@@ -119,19 +126,19 @@ impl NameIndex {
                     }
                 }
             }
-            words.extend(v.iter().map(|&(w, y)| (w, r as u32, y)));
+            words.extend(v.iter().map(|&(w, y)| ((u64::from(w) << 32) | r as u64, y)));
         }
         if words.is_empty() {
             return (basket_sim, best);
         }
-        words.sort_unstable_by_key(|&(w, r, _)| (w, r));
+        words.sort_unstable_by_key(|e| e.0);
         let mut pair = vec![0f32; items.len()];
         let mut touched: Vec<usize> = Vec::new();
         for vi in basket.iter().filter_map(|&i| self.vectors.get(i as usize)) {
             // in the order of i's words, as a dot product of the two sorted vectors would add
             for &(w, x) in vi {
-                let start = words.partition_point(|&(v, _, _)| v < w);
-                for &(_, r, y) in words[start..].iter().take_while(|&&(v, _, _)| v == w) {
+                let start = words.partition_point(|&(key, _)| key >> 32 < u64::from(w));
+                for (r, y) in words[start..].iter().take_while(|&&(key, _)| key >> 32 == u64::from(w)).map(|&(key, y)| (key as u32, y)) {
                     if pair[r as usize] == 0.0 {
                         touched.push(r as usize);
                     }
@@ -148,10 +155,12 @@ impl NameIndex {
     }
 }
 
-/// The basket's name vectors summed.
+/// The basket's name vectors summed (see [`NameIndex::profile`]).
 #[derive(Debug, Clone, Default)]
-struct NameProfile {
+pub struct NameProfile {
     /// (word, weight), by word.
     centroid: Vec<(u32, f32)>,
     norm: f32,
+    /// The basket's (word, weight) pairs, a buffer.
+    words: Vec<(u32, f32)>,
 }

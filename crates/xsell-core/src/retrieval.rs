@@ -14,6 +14,7 @@ use ndarray::{Array2, ArrayView2, Axis, s};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::names::NameProfile;
 use crate::{Csr, ItemIx};
 
 /// The candidate sources, in the order they take turns.
@@ -59,6 +60,10 @@ impl Source {
         1 << self as u8
     }
 }
+
+/// The sources whose scores come from the rows a request reads ([`Touched`]): `Ease`,
+/// `Cooccurrence`, `Embedding`, `Similar` and `Names`, the first five of [`Source`].
+pub(crate) const ROW_SOURCES: usize = 5;
 
 /// Retrieval settings of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -169,16 +174,28 @@ fn top_rows(scores: ArrayView2<'_, f32>, first: usize, target: &[usize], k: usiz
         .collect()
 }
 
+/// A key whose ascending order is [`truncate_best`]'s: higher value first (by
+/// `f32::total_cmp`), ties by the lower item. Sorting plain integers is several times faster
+/// than sorting pairs with that comparator.
+fn best_first_key(j: u32, v: f32) -> u64 {
+    // total_cmp's order as an unsigned key: flip the magnitude bits of negatives, then the sign
+    let bits = v.to_bits() as i32;
+    let ordered = (bits ^ ((((bits >> 31) as u32) >> 1) as i32)) as u32 ^ 0x8000_0000;
+    (u64::from(!ordered) << 32) | u64::from(j)
+}
+
 /// Keeps the `k` highest-valued entries (ties: the lower item first), best first.
 pub(crate) fn truncate_best(v: &mut Vec<(u32, f32)>, k: usize) {
-    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    if v.len() > k {
+    let mut keys: Vec<(u64, f32)> = v.iter().map(|&(j, x)| (best_first_key(j, x), x)).collect();
+    if keys.len() > k {
         if k > 0 {
-            v.select_nth_unstable_by(k - 1, order);
+            keys.select_nth_unstable_by_key(k - 1, |e| e.0);
         }
-        v.truncate(k);
+        keys.truncate(k);
     }
-    v.sort_unstable_by(order);
+    keys.sort_unstable_by_key(|e| e.0);
+    v.clear();
+    v.extend(keys.iter().map(|&(key, x)| (key as u32, x)));
 }
 
 /// A set of item marks that is cleared in O(1): a mark counts only when its stamp is the
@@ -246,8 +263,6 @@ pub(crate) struct Partial {
     pub(crate) names: f32,
     /// Bits ([`Source::bit`]) of the sources whose rows touched the item.
     pub(crate) sources: u8,
-    /// Whether the request may offer the item (set by [`Touched::judge`]).
-    pub(crate) eligible: bool,
 }
 
 /// The items a request's rows touch, each with its [`Partial`].
@@ -255,6 +270,8 @@ pub(crate) struct Partial {
 pub(crate) struct Touched {
     marks: Marks,
     pub(crate) items: Vec<(ItemIx, Partial)>,
+    /// The basket's names together (what the name source and features read).
+    pub(crate) names: NameProfile,
 }
 
 impl Touched {
@@ -290,17 +307,29 @@ impl Touched {
         self.get(j).is_some_and(|p| p.sources & source.bit() != 0)
     }
 
-    /// Marks each touched item eligible or not, once, for [`Touched::list`].
-    pub(crate) fn judge(&mut self, eligible: &dyn Fn(ItemIx) -> bool) {
-        self.items.iter_mut().for_each(|(j, p)| p.eligible = eligible(*j));
-    }
-
-    /// Appends to `list` the eligible items (as [`Touched::judge`] marked them) `source`
-    /// touched, scored by `score`, and keeps its `budget` best (best first).
-    pub(crate) fn list(&self, source: Source, score: impl Fn(ItemIx, &Partial) -> f32, budget: usize, list: &mut Vec<(ItemIx, f32)>) {
-        let bit = source.bit();
-        list.extend(self.items.iter().filter(|(_, p)| p.sources & bit != 0 && p.eligible).map(|(j, p)| (*j, score(*j, p))));
-        truncate_best(list, budget);
+    /// In one pass over the touched items: collects into list `k` the `budget` best (as
+    /// [`truncate_best`] orders them) of the eligible items row source `k` ([`ROW_SOURCES`])
+    /// touched, scored by `score(j, partial)[k]`.
+    pub(crate) fn fill_lists(
+        &self,
+        eligible: &dyn Fn(ItemIx) -> bool,
+        score: impl Fn(ItemIx, &Partial) -> [f32; ROW_SOURCES],
+        budget: usize,
+        lists: &mut [Vec<(ItemIx, f32)>],
+    ) {
+        let lists = &mut lists[..ROW_SOURCES];
+        for (j, p) in &self.items {
+            if !eligible(*j) {
+                continue;
+            }
+            let scores = score(*j, p);
+            for (k, (list, v)) in lists.iter_mut().zip(scores).enumerate() {
+                if p.sources & (1 << k) != 0 {
+                    list.push((*j, v));
+                }
+            }
+        }
+        lists.iter_mut().for_each(|l| truncate_best(l, budget));
     }
 }
 

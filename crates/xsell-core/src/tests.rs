@@ -384,7 +384,9 @@ fn names_score_look_alike_designs() {
             .chain([None])
             .collect();
     let idx = names::NameIndex::new(&names);
-    let (basket, best) = idx.similarities(&[0], &(0..names.len() as ItemIx).collect::<Vec<_>>());
+    let mut profile = names::NameProfile::default();
+    idx.profile(&[0], &mut profile);
+    let (basket, best) = idx.similarities(&profile, &[0], &(0..names.len() as ItemIx).collect::<Vec<_>>());
     assert!(best[1] > 0.5 && best[1] < 1.0, "shared design words: {}", best[1]);
     assert_eq!((best[2], best[4], best[5]), (0.0, 0.0, 0.0), "no shared word, digits and no name give nothing");
     assert!((basket[1] - best[1]).abs() < 1e-6, "one basket item: the centroid is that item");
@@ -481,4 +483,43 @@ fn a_pricier_item_of_the_basket_items_kind_is_an_upsell_unless_bought_with_it() 
     parts.items.prices[3] = 22.0;
     let m = CrossSellModel::new(parts).unwrap();
     assert!(!m.is_substitute(card, cable));
+}
+
+#[test]
+fn history_cut_keeps_the_most_bought_past_items() {
+    use crate::features::HistoryCut;
+    use crate::model::HISTORY_EASE_ITEMS;
+    // rows shorter than, equal to and longer than the cut, with many ties at the cut's count
+    let rows: Vec<Vec<(u32, f32)>> = [3usize, HISTORY_EASE_ITEMS, HISTORY_EASE_ITEMS + 1, 120, 400]
+        .iter()
+        .enumerate()
+        .map(|(r, &len)| (0..len as u32).map(|i| (i * 3 + r as u32, ((i * 7 + r as u32) % 5 + 1) as f32)).collect())
+        .collect();
+    let history = Csr::from_rows(rows);
+    let cuts = HistoryCut::of_rows(&history);
+    for (c, cut) in cuts.iter().enumerate() {
+        let (cols, vals) = history.row(c);
+        let mut kept = Vec::new();
+        cut.for_each(cols, vals, |i, h| kept.push((i, h)));
+        // what sorting the whole row would keep: the most bought, ties by the lower item
+        let mut want: Vec<(u32, f32)> = cols.iter().copied().zip(vals.iter().copied()).collect();
+        retrieval::truncate_best(&mut want, HISTORY_EASE_ITEMS);
+        want.sort_unstable_by_key(|&(i, _)| i);
+        assert_eq!(kept, want, "row {c}");
+    }
+}
+
+#[test]
+fn truncate_best_keeps_the_highest_values_ties_by_lower_item() {
+    let values = [3.0, -1.0, 0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, 2.5, -7.25, 1e-30, -1e-30, 3.0, 2.5];
+    let v: Vec<(u32, f32)> = (0..60u32).map(|j| ((j * 37) % 61, values[(j as usize * 5) % values.len()])).collect();
+    for k in [0, 1, 5, 12, 59, 60, 100] {
+        let mut got = v.clone();
+        retrieval::truncate_best(&mut got, k);
+        let mut want = v.clone();
+        want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        want.truncate(k);
+        let bits = |l: &[(u32, f32)]| l.iter().map(|&(j, x)| (j, x.to_bits())).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want), "k = {k}");
+    }
 }
