@@ -234,7 +234,7 @@ impl CrossSellModel {
                     x[[r, EASE]] += p.ease_always_on[j as usize];
                 }
             }
-            let (basket_sim, best) = self.names.similarities(&touched.names, basket, items);
+            let (basket_sim, best) = self.names.similarities(&touched.names, items);
             x.column_mut(NAME_BASKET).assign(&ArrayView1::from(&basket_sim));
             x.column_mut(NAME_MAX).assign(&ArrayView1::from(&best));
             let mean_in = gather_rows(&p.emb_in, basket).mean_axis(Axis(0)).expect("basket is not empty");

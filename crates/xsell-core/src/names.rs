@@ -88,66 +88,59 @@ impl NameIndex {
     }
 
     /// Sets `profile` to the basket's names together: the sum of their vectors (by word) and its
-    /// norm (computed once per request; its buffer is reused).
+    /// norm, and each basket item's words (computed once per request; its buffers are reused).
     pub fn profile(&self, basket: &[ItemIx], profile: &mut NameProfile) {
         let words = &mut profile.words;
         words.clear();
-        for v in basket.iter().filter_map(|&i| self.vectors.get(i as usize)) {
-            words.extend_from_slice(v);
+        for (pos, v) in basket.iter().filter_map(|&i| self.vectors.get(i as usize)).enumerate() {
+            words.extend(v.iter().map(|&(w, x)| (w, pos as u32, x)));
         }
-        // stable: each word's weights are added in basket order, so the float sums come out the
-        // same on every run
-        words.sort_by_key(|&(w, _)| w);
+        // stable: by word, then in basket order, so each word's weights are added in basket
+        // order and the float sums come out the same on every run
+        words.sort_by_key(|&(w, _, _)| w);
         profile.centroid.clear();
-        for &(w, x) in words.iter() {
+        for &(w, _, x) in words.iter() {
             match profile.centroid.last_mut() {
                 Some((last, sum)) if *last == w => *sum += x,
                 _ => profile.centroid.push((w, x)),
             }
         }
         profile.norm = profile.centroid.iter().map(|(_, x)| x * x).sum::<f32>().sqrt();
+        profile.items = basket.iter().filter(|&&i| self.vectors.get(i as usize).is_some()).count();
     }
 
     /// For each of `items`: the cosine between its name and the basket's names together, and
-    /// the largest cosine between its name and one basket item's name. Work: the items' words
-    /// (sorted once) plus, per basket word, the items sharing it.
-    /// `profile` is the basket's, from [`NameIndex::profile`].
-    pub fn similarities(&self, profile: &NameProfile, basket: &[ItemIx], items: &[ItemIx]) -> (Vec<f32>, Vec<f32>) {
+    /// the largest cosine between its name and one basket item's name (`profile` is the
+    /// basket's, from [`NameIndex::profile`]). Work: per item word, a binary search among the
+    /// basket's words and the basket items holding it.
+    pub fn similarities(&self, profile: &NameProfile, items: &[ItemIx]) -> (Vec<f32>, Vec<f32>) {
         let mut basket_sim = vec![0f32; items.len()];
         let mut best = vec![0f32; items.len()];
-        // the items' words, by word then row: (word << 32 | row, weight)
-        let mut words: Vec<(u64, f32)> = Vec::new();
-        for (r, &j) in items.iter().enumerate() {
-            let Some(v) = self.vectors.get(j as usize) else { continue };
-            if profile.norm > 0.0 {
-                for &(w, y) in v {
-                    if let Ok(k) = profile.centroid.binary_search_by_key(&w, |&(w, _)| w) {
-                        basket_sim[r] += profile.centroid[k].1 * y / profile.norm;
-                    }
-                }
-            }
-            words.extend(v.iter().map(|&(w, y)| ((u64::from(w) << 32) | r as u64, y)));
-        }
-        if words.is_empty() {
+        if profile.centroid.is_empty() {
             return (basket_sim, best);
         }
-        words.sort_unstable_by_key(|e| e.0);
-        let mut pair = vec![0f32; items.len()];
+        // per basket item, its dot product with the current item's name
+        let mut pair = vec![0f32; profile.items];
         let mut touched: Vec<usize> = Vec::new();
-        for vi in basket.iter().filter_map(|&i| self.vectors.get(i as usize)) {
-            // in the order of i's words, as a dot product of the two sorted vectors would add
-            for &(w, x) in vi {
-                let start = words.partition_point(|&(key, _)| key >> 32 < u64::from(w));
-                for (r, y) in words[start..].iter().take_while(|&&(key, _)| key >> 32 == u64::from(w)).map(|&(key, y)| (key as u32, y)) {
-                    if pair[r as usize] == 0.0 {
-                        touched.push(r as usize);
+        let words = &profile.words;
+        for (r, &j) in items.iter().enumerate() {
+            let Some(v) = self.vectors.get(j as usize) else { continue };
+            // in the order of j's words, as a dot product of the two sorted vectors would add
+            for &(w, y) in v {
+                if let Ok(k) = profile.centroid.binary_search_by_key(&w, |&(w, _)| w) {
+                    basket_sim[r] += profile.centroid[k].1 * y / profile.norm;
+                    let start = words.partition_point(|&(v, _, _)| v < w);
+                    for &(_, pos, x) in words[start..].iter().take_while(|&&(v, _, _)| v == w) {
+                        if pair[pos as usize] == 0.0 {
+                            touched.push(pos as usize);
+                        }
+                        pair[pos as usize] += x * y;
                     }
-                    pair[r as usize] += x * y;
                 }
             }
-            for &r in &touched {
-                best[r] = best[r].max(pair[r]);
-                pair[r] = 0.0;
+            for &pos in &touched {
+                best[r] = best[r].max(pair[pos]);
+                pair[pos] = 0.0;
             }
             touched.clear();
         }
@@ -161,6 +154,9 @@ pub struct NameProfile {
     /// (word, weight), by word.
     centroid: Vec<(u32, f32)>,
     norm: f32,
-    /// The basket's (word, weight) pairs, a buffer.
-    words: Vec<(u32, f32)>,
+    /// Every basket item's words: (word, the item's position among the named basket items,
+    /// weight), by word, then position.
+    words: Vec<(u32, u32, f32)>,
+    /// Basket items with a name vector.
+    items: usize,
 }

@@ -175,27 +175,40 @@ fn top_rows(scores: ArrayView2<'_, f32>, first: usize, target: &[usize], k: usiz
 }
 
 /// A key whose ascending order is [`truncate_best`]'s: higher value first (by
-/// `f32::total_cmp`), ties by the lower item. Sorting plain integers is several times faster
-/// than sorting pairs with that comparator.
+/// `f32::total_cmp`), ties by the lower item; both come back out of it ([`from_best_first_key`]).
+/// Sorting plain integers is several times faster than sorting pairs with that comparator.
 fn best_first_key(j: u32, v: f32) -> u64 {
-    // total_cmp's order as an unsigned key: flip the magnitude bits of negatives, then the sign
-    let bits = v.to_bits() as i32;
-    let ordered = (bits ^ ((((bits >> 31) as u32) >> 1) as i32)) as u32 ^ 0x8000_0000;
-    (u64::from(!ordered) << 32) | u64::from(j)
+    (u64::from(!total_order_bits(v)) << 32) | u64::from(j)
+}
+
+/// The item and value of a [`best_first_key`].
+fn from_best_first_key(key: u64) -> (u32, f32) {
+    let ordered = !((key >> 32) as u32);
+    (key as u32, f32::from_bits(flip_negatives((ordered ^ 0x8000_0000) as i32) as u32))
+}
+
+/// `v`'s bits as an unsigned number in `f32::total_cmp`'s order.
+fn total_order_bits(v: f32) -> u32 {
+    (flip_negatives(v.to_bits() as i32) as u32) ^ 0x8000_0000
+}
+
+/// Flips the magnitude bits of a negative number (its own inverse), as `f32::total_cmp` does.
+fn flip_negatives(bits: i32) -> i32 {
+    bits ^ ((((bits >> 31) as u32) >> 1) as i32)
 }
 
 /// Keeps the `k` highest-valued entries (ties: the lower item first), best first.
 pub(crate) fn truncate_best(v: &mut Vec<(u32, f32)>, k: usize) {
-    let mut keys: Vec<(u64, f32)> = v.iter().map(|&(j, x)| (best_first_key(j, x), x)).collect();
+    let mut keys: Vec<u64> = v.iter().map(|&(j, x)| best_first_key(j, x)).collect();
     if keys.len() > k {
         if k > 0 {
-            keys.select_nth_unstable_by_key(k - 1, |e| e.0);
+            keys.select_nth_unstable(k - 1);
         }
         keys.truncate(k);
     }
-    keys.sort_unstable_by_key(|e| e.0);
+    keys.sort_unstable();
     v.clear();
-    v.extend(keys.iter().map(|&(key, x)| (key as u32, x)));
+    v.extend(keys.iter().map(|&key| from_best_first_key(key)));
 }
 
 /// A set of item marks that is cleared in O(1): a mark counts only when its stamp is the
