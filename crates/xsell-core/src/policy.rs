@@ -385,25 +385,25 @@ impl CrossSellModel {
         let probabilities: Vec<f32> = scores.iter().map(|&s| ranker.probability(s)).collect();
         let values: Vec<f32> = items.iter().zip(&probabilities).map(|(&j, &p)| self.offer_value(e, j, p)).collect();
         let mut order: Vec<usize> = (0..items.len()).collect();
-        order
-            .sort_unstable_by(|&a, &b| values[b].total_cmp(&values[a]).then(scores[b].total_cmp(&scores[a])).then(items[a].cmp(&items[b])));
+        let by_value =
+            |&a: &usize, &b: &usize| values[b].total_cmp(&values[a]).then(scores[b].total_cmp(&scores[a])).then(items[a].cmp(&items[b]));
         let (mut below, mut substitutes, mut capped) = (0u32, 0u32, 0u32);
         let mut per_category: Vec<(u32, usize)> = Vec::new();
         // with diversity, the walk fills a pool the re-rank then picks from
         let pool = if e.diversity > 0.0 { e.offers.saturating_mul(DIVERSITY_POOL) } else { e.offers };
         let mut kept: Vec<usize> = Vec::with_capacity(pool);
-        for row in order {
+        walk_sorted(&mut order, pool.saturating_mul(4).max(32), by_value, |row| {
             if kept.len() == pool {
-                break;
+                return false;
             }
             let (j, probability) = (items[row], probabilities[row]);
             if probability < e.min_probability {
                 below += 1;
-                continue;
+                return true;
             }
             if !e.allow_substitutes && basket.iter().any(|&i| self.is_substitute(i, j)) {
                 substitutes += 1;
-                continue;
+                return true;
             }
             if e.max_per_category > 0
                 && let Some(c) = self.group_of(j)
@@ -411,14 +411,15 @@ impl CrossSellModel {
                 match per_category.iter_mut().find(|(g, _)| *g == c) {
                     Some((_, seen)) if *seen >= e.max_per_category => {
                         capped += 1;
-                        continue;
+                        return true;
                     }
                     Some((_, seen)) => *seen += 1,
                     None => per_category.push((c, 1)),
                 }
             }
             kept.push(row);
-        }
+            true
+        });
         if e.diversity > 0.0 {
             kept = self.diversify(&kept, items, &values, e.offers, e.diversity);
         }
@@ -433,5 +434,32 @@ impl CrossSellModel {
             }
         }
         out
+    }
+}
+
+/// Calls `visit` with the elements of `order` in the order `cmp` sorts them (a strict total
+/// order) until it returns false, sorting only as far as the walk goes: chunks of `chunk`, each
+/// the smallest of the rest, picked by a selection. A walk that stops early (the offers are
+/// found among the first few candidates) costs a selection, not a sort of every candidate.
+pub(crate) fn walk_sorted(
+    order: &mut [usize],
+    chunk: usize,
+    cmp: impl Fn(&usize, &usize) -> std::cmp::Ordering,
+    mut visit: impl FnMut(usize) -> bool,
+) {
+    let mut start = 0;
+    while start < order.len() {
+        let end = (start + chunk.max(1)).min(order.len());
+        if end < order.len() {
+            order[start..].select_nth_unstable_by(end - start - 1, &cmp);
+        }
+        let part = &mut order[start..end];
+        part.sort_unstable_by(&cmp);
+        for &row in part.iter() {
+            if !visit(row) {
+                return;
+            }
+        }
+        start = end;
     }
 }

@@ -523,3 +523,25 @@ fn truncate_best_keeps_the_highest_values_ties_by_lower_item() {
         assert_eq!(bits(&got), bits(&want), "k = {k}");
     }
 }
+
+#[test]
+fn a_sorted_walk_sees_the_full_sort_order_and_stops_when_told() {
+    let keys: Vec<u32> = (0..257u32).map(|i| (i * 97 + 13) % 257).collect();
+    let cmp = |a: &usize, b: &usize| keys[*b].cmp(&keys[*a]).then(a.cmp(b));
+    let mut want: Vec<usize> = (0..keys.len()).collect();
+    want.sort_by(cmp);
+    for chunk in [0, 1, 7, 32, 256, 257, 1000] {
+        for stop in [0, 1, 31, 33, 200, 257] {
+            let mut order: Vec<usize> = (0..keys.len()).collect();
+            let mut seen = Vec::new();
+            crate::policy::walk_sorted(&mut order, chunk, cmp, |row| {
+                if seen.len() == stop {
+                    return false;
+                }
+                seen.push(row);
+                true
+            });
+            assert_eq!(seen, want[..stop], "chunk {chunk}, stop {stop}");
+        }
+    }
+}
