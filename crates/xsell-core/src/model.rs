@@ -372,6 +372,9 @@ pub struct CrossSellModel {
     pub(crate) names: NameIndex,
     /// Per customer: which past items' EASE rows a request reads.
     pub(crate) history_cuts: Vec<HistoryCut>,
+    /// `parts.ease` with each row's entries strongest first (by |weight|, ties by column), so a
+    /// request reads a bounded prefix of a row ([`BASKET_EASE_ENTRIES`], [`HISTORY_EASE_ENTRIES`]).
+    pub(crate) ease_strongest: Csr,
     /// Items by recent popularity, then popularity (the popular source walks it).
     popular_order: Vec<ItemIx>,
     /// Items by EASE intercept (empty without one).
@@ -405,6 +408,31 @@ pub const UPSELL_PRICE_RATIO: f32 = 1.25;
 /// Most past items of a customer whose EASE rows a request reads (their most bought).
 pub const HISTORY_EASE_ITEMS: usize = 50;
 
+/// EASE entries a request reads from its basket items' rows together: with `b` basket items,
+/// each row's strongest `BASKET_EASE_ENTRIES / b` (rows are whole up to 40 items at the
+/// default 200 entries a row), so a large basket costs a bounded number of touches.
+pub const BASKET_EASE_ENTRIES: usize = 8192;
+
+/// EASE entries read from each past item's row for the customer's history (its strongest).
+pub const HISTORY_EASE_ENTRIES: usize = 32;
+
+/// `m` with each row's entries ordered strongest first: |value| descending, ties by column.
+pub(crate) fn strongest_first(m: &Csr) -> Csr {
+    let mut out = m.clone();
+    let mut row: Vec<(u32, f32)> = Vec::new();
+    for r in 0..m.n_rows() {
+        let (a, b) = (m.indptr[r] as usize, m.indptr[r + 1] as usize);
+        row.clear();
+        row.extend(m.indices[a..b].iter().copied().zip(m.values[a..b].iter().copied()));
+        row.sort_unstable_by(|x, y| y.1.abs().total_cmp(&x.1.abs()).then(x.0.cmp(&y.0)));
+        for (k, (c, v)) in row.iter().enumerate() {
+            out.indices[a + k] = *c;
+            out.values[a + k] = *v;
+        }
+    }
+    out
+}
+
 /// Source-list entries read per basket item, for [`CrossSellModel::request_work`].
 const ROW_WORK: u64 = 1024;
 
@@ -417,9 +445,14 @@ impl CrossSellModel {
         let ct = &parts.customers;
         let pair_partners = pair_partners(&parts.ease_pairs.pairs, n);
         // the largest lookup tables are independent: built side by side (a 1M-item load)
-        let ((item_index, customer_index), (names, history_cuts)) = rayon::join(
+        let ((item_index, customer_index), (names, (history_cuts, ease_strongest))) = rayon::join(
             || rayon::join(|| IdIndex::new(&it.ids), || IdIndex::new(&ct.ids)),
-            || rayon::join(|| NameIndex::new(&it.names), || HistoryCut::of_rows(&parts.history)),
+            || {
+                rayon::join(
+                    || NameIndex::new(&it.names),
+                    || rayon::join(|| HistoryCut::of_rows(&parts.history), || strongest_first(&parts.ease)),
+                )
+            },
         );
         let mut category_index = HashMap::new();
         let category_of: Vec<Option<u32>> = it
@@ -485,6 +518,7 @@ impl CrossSellModel {
             emb_in_unit,
             names,
             history_cuts,
+            ease_strongest,
             popular_order,
             prior_order,
             category_items,

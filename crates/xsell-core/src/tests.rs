@@ -545,3 +545,12 @@ fn a_sorted_walk_sees_the_full_sort_order_and_stops_when_told() {
         }
     }
 }
+
+#[test]
+fn strongest_first_keeps_each_row_and_orders_it_by_strength() {
+    let m = Csr::from_rows([vec![(0, 0.5), (2, -2.0), (3, 1.0), (5, -0.5), (7, 2.0)], vec![], vec![(1, -0.25)]]);
+    let s = crate::model::strongest_first(&m);
+    assert_eq!(s.indptr, m.indptr);
+    assert_eq!(s.row(0), (&[2, 7, 3, 0, 5][..], &[-2.0, 2.0, 1.0, 0.5, -0.5][..]), "by |weight|, ties by column");
+    assert_eq!(s.row(2), m.row(2));
+}
