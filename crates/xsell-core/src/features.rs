@@ -7,7 +7,7 @@ use ndarray::{Array2, ArrayView1, Axis};
 use rayon::prelude::*;
 
 use crate::model::CrossSellModel;
-use crate::model::{BASKET_EASE_ENTRIES, HISTORY_EASE_ENTRIES, HISTORY_EASE_ITEMS};
+use crate::model::{BASKET_EASE_ENTRIES, HISTORY_EASE_ITEMS};
 use crate::retrieval::{Candidates, Marks, Scratch, Source, Touched, with_scratch};
 use crate::{Csr, CustomerIx, ItemIx};
 
@@ -18,7 +18,7 @@ pub const FEATURES: [&str; 16] = [
     "jaccard_max",  // max over basket items of |i ∧ j| / |i ∨ j|
     "jaccard_mean", // mean over basket items of the Jaccard index
     "ease",         // sum over basket items of the EASE weight B[i, j] (a large basket: each row's strongest)
-    "ease_history", // sum over the customer's 50 most-bought past items of their order share × B[i, j] (each row's 32 strongest)
+    "ease_history", // sum over the customer's 50 most-bought past items of their order share × B[i, j]
     "emb_comp",     // mean over basket items of input(i) · output(j): "bought with"
     "emb_cos",      // max cosine(input(i), input(j)): "used in the same contexts"
     "name_basket",  // cosine of j's name (TF-IDF of its words) with the basket's names together
@@ -171,9 +171,8 @@ impl CrossSellModel {
             let orders = p.customers.orders[c as usize].max(1.0);
             self.for_each_history_for_ease(c, |i, h| {
                 let share = h / orders;
-                let (ecols, evals) = self.ease_strongest.row(i as usize);
-                let n = ecols.len().min(HISTORY_EASE_ENTRIES);
-                for (&j, &b) in ecols[..n].iter().zip(&evals[..n]) {
+                let (ecols, evals) = p.ease.row(i as usize);
+                for (&j, &b) in ecols.iter().zip(evals) {
                     touched.at(j, Source::Ease).0.ease_history += share * b;
                 }
             });

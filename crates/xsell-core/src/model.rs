@@ -373,7 +373,7 @@ pub struct CrossSellModel {
     /// Per customer: which past items' EASE rows a request reads.
     pub(crate) history_cuts: Vec<HistoryCut>,
     /// `parts.ease` with each row's entries strongest first (by |weight|, ties by column), so a
-    /// request reads a bounded prefix of a row ([`BASKET_EASE_ENTRIES`], [`HISTORY_EASE_ENTRIES`]).
+    /// large basket reads a bounded prefix of each of its rows ([`BASKET_EASE_ENTRIES`]).
     pub(crate) ease_strongest: Csr,
     /// Items by recent popularity, then popularity (the popular source walks it).
     popular_order: Vec<ItemIx>,
@@ -412,9 +412,6 @@ pub const HISTORY_EASE_ITEMS: usize = 50;
 /// each row's strongest `BASKET_EASE_ENTRIES / b` (rows are whole up to 40 items at the
 /// default 200 entries a row), so a large basket costs a bounded number of touches.
 pub const BASKET_EASE_ENTRIES: usize = 8192;
-
-/// EASE entries read from each past item's row for the customer's history (its strongest).
-pub const HISTORY_EASE_ENTRIES: usize = 32;
 
 /// `m` with each row's entries ordered strongest first: |value| descending, ties by column.
 pub(crate) fn strongest_first(m: &Csr) -> Csr {
