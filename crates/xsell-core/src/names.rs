@@ -92,27 +92,33 @@ impl NameIndex {
     pub fn profile(&self, basket: &[ItemIx], profile: &mut NameProfile) {
         let words = &mut profile.words;
         words.clear();
+        profile.items = 0;
         for (pos, v) in basket.iter().filter_map(|&i| self.vectors.get(i as usize)).enumerate() {
             words.extend(v.iter().map(|&(w, x)| (w, pos as u32, x)));
+            profile.items = pos + 1;
         }
         // stable: by word, then in basket order, so each word's weights are added in basket
         // order and the float sums come out the same on every run
         words.sort_by_key(|&(w, _, _)| w);
         profile.centroid.clear();
-        for &(w, _, x) in words.iter() {
+        profile.starts.clear();
+        for (k, &(w, _, x)) in words.iter().enumerate() {
             match profile.centroid.last_mut() {
                 Some((last, sum)) if *last == w => *sum += x,
-                _ => profile.centroid.push((w, x)),
+                _ => {
+                    profile.centroid.push((w, x));
+                    profile.starts.push(k as u32);
+                }
             }
         }
+        profile.starts.push(words.len() as u32);
         profile.norm = profile.centroid.iter().map(|(_, x)| x * x).sum::<f32>().sqrt();
-        profile.items = basket.iter().filter(|&&i| self.vectors.get(i as usize).is_some()).count();
     }
 
     /// For each of `items`: the cosine between its name and the basket's names together, and
     /// the largest cosine between its name and one basket item's name (`profile` is the
     /// basket's, from [`NameIndex::profile`]). Work: per item word, a binary search among the
-    /// basket's words and the basket items holding it.
+    /// basket's words, then the basket items holding it.
     pub fn similarities(&self, profile: &NameProfile, items: &[ItemIx]) -> (Vec<f32>, Vec<f32>) {
         let mut basket_sim = vec![0f32; items.len()];
         let mut best = vec![0f32; items.len()];
@@ -129,8 +135,8 @@ impl NameIndex {
             for &(w, y) in v {
                 if let Ok(k) = profile.centroid.binary_search_by_key(&w, |&(w, _)| w) {
                     basket_sim[r] += profile.centroid[k].1 * y / profile.norm;
-                    let start = words.partition_point(|&(v, _, _)| v < w);
-                    for &(_, pos, x) in words[start..].iter().take_while(|&&(v, _, _)| v == w) {
+                    let (start, end) = (profile.starts[k] as usize, profile.starts[k + 1] as usize);
+                    for &(_, pos, x) in &words[start..end] {
                         if pair[pos as usize] == 0.0 {
                             touched.push(pos as usize);
                         }
@@ -157,6 +163,8 @@ pub struct NameProfile {
     /// Every basket item's words: (word, the item's position among the named basket items,
     /// weight), by word, then position.
     words: Vec<(u32, u32, f32)>,
+    /// Where each `centroid` word's entries start in `words` (one more at the end: `words`'s length).
+    starts: Vec<u32>,
     /// Basket items with a name vector.
     items: usize,
 }
