@@ -172,7 +172,14 @@ pub async fn serve_on(bound: Bound, shutdown: impl Future<Output = ()> + Send + 
 
     let (drain_tx, drain_rx) = watch::channel(false);
     let (close_tx, close_rx) = watch::channel(false);
-    let compute = compute::Compute::new(cfg.threads(), cfg.bulk_threads(), cfg.max_in_flight, metrics.clone()).map_err(ServeError::Pool)?;
+    let compute = compute::Compute::new(
+        cfg.threads(),
+        cfg.bulk_threads(),
+        cfg.max_in_flight,
+        Duration::from_micros(cfg.compute_linger_us),
+        metrics.clone(),
+    )
+    .map_err(ServeError::Pool)?;
     let exposures = exposure::ExposureLog::start(&cfg.exposures, metrics.clone()).map_err(|source| ServeError::Tls {
         key: "exposures.dir",
         path: cfg.exposures.dir.clone(),
