@@ -150,7 +150,8 @@ pub enum Admission {
 
 impl Compute {
     /// Pools of `threads` interactive and `bulk_threads` bulk threads admitting `max_in_flight`
-    /// jobs at once; an interactive thread lingers for `linger` after a job ([`linger`]).
+    /// jobs at once; on a quiet server, an interactive job's answer is polled for and its thread
+    /// lingers after it, each for up to `linger` ([`poll_answer`], [`linger`]).
     pub fn new(
         threads: usize,
         bulk_threads: usize,
@@ -209,10 +210,11 @@ impl Compute {
         let metrics = self.metrics.clone();
         let ns_per_unit = self.ns_per_unit.clone();
         let admitted = Instant::now();
-        let window = pool.linger;
-        // quiet: this is the server's only call in flight (under concurrency the cores have other
-        // calls' transport to run, and a polling thread would take its share of them)
-        let quiet = move |m: &Metrics| !window.is_zero() && m.calls_in_flight.get() <= 1;
+        let (window, pool_queued) = (pool.linger, pool.queued.clone());
+        // quiet: no other work on the pool (`others`: its work units beside this job's) and no
+        // other call in flight; under concurrency the cores have other calls' transport and
+        // ranking to run, and a polling thread would take its share of them
+        let quiet = move |m: &Metrics, others: u64| !window.is_zero() && others == 0 && m.calls_in_flight.get() <= 1;
         pool.pool.spawn(move || {
             let out = {
                 let closed = || tx.is_closed();
@@ -243,12 +245,12 @@ impl Compute {
             // the job is over for admission and the queue before the thread lingers
             drop(permit);
             drop(queued);
-            if quiet(&metrics) {
+            if quiet(&metrics, pool_queued.load(Ordering::Relaxed)) {
                 linger(window);
             }
         });
         let mut rx = rx;
-        if quiet(&self.metrics)
+        if quiet(&self.metrics, pool.queued.load(Ordering::Relaxed).saturating_sub(units))
             && let Some(out) = poll_answer(&mut rx, window).await
         {
             return out;
@@ -267,8 +269,8 @@ thread_local! {
 /// then lets it sleep. A job found meanwhile runs at once on this thread, without the wake-up of
 /// a sleeping one (a futex wake and, on a VM, an idle virtual CPU's return) or the cold caches
 /// of a core that went idle: at one caller that was ~0.1 ms of a `Rank`'s ~0.4 ms over gRPC.
-/// A thread lingers only when its call is the server's only one in flight; an idle server's
-/// threads sleep after one window.
+/// A thread lingers only on a quiet server (its call the only one in flight, nothing else on
+/// the pool); an idle server's threads sleep after one window.
 fn linger(window: Duration) {
     if window.is_zero() || LINGERING.with(|l| l.replace(true)) {
         return;

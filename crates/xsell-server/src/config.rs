@@ -37,10 +37,10 @@ pub struct ServeConfig {
     /// Threads of the bulk pool that runs `RankBatch` calls and very large requests, so that small
     /// calls never wait behind them (0: half the cores, at least one).
     pub bulk_threads: usize,
-    /// Microseconds an interactive ranking thread keeps looking for the next job after finishing
-    /// one, yielding its core to any other runnable thread meanwhile, before it goes to sleep
-    /// (0: sleep at once). Waking a sleeping thread, and running on a core that went idle, cost
-    /// ~0.1 ms a call on a VM; a caller that sends its next request within the window skips both.
+    /// On a quiet server (one call in flight, nothing else ranking): microseconds the I/O task
+    /// polls for a ranking job's answer, and the ranking thread that ran it keeps looking for
+    /// the next job, before each goes to sleep, yielding its core meanwhile (0: both sleep at
+    /// once). Waking sleeping threads cost a lone caller ~0.1–0.15 ms a `Rank` on a VM.
     pub compute_linger_us: u64,
     /// Ranking calls admitted at once, running or queued for the pool; beyond it a call is shed
     /// with RESOURCE_EXHAUSTED at once instead of waiting in an unbounded queue.
