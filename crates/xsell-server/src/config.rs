@@ -291,7 +291,7 @@ impl ServeConfig {
             return bad("bulk_threads", "must be at most 1024 (0: half the cores)");
         }
         if self.compute_linger_us > 100_000 {
-            return bad("compute_linger_us", "must be at most 100000 (0.1 s; 0: ranking threads sleep as soon as they are idle)");
+            return bad("compute_linger_us", "must be at most 100000 (0.1 s; 0: no polling, threads sleep as soon as they wait)");
         }
         if !(1..=1_000_000).contains(&self.max_in_flight) {
             return bad("max_in_flight", "must be within [1, 1000000]");
@@ -457,6 +457,7 @@ mod tests {
             ("http2", serde_json::json!({ "stream_window_bytes": 10 })),
             ("request_timeout_secs", serde_json::json!(-1.0)),
             ("name", serde_json::json!("../escape")),
+            ("compute_linger_us", serde_json::json!(200_000)),
         ] {
             let e = ServeConfig::load(None, serde_json::json!({ key: value })).unwrap_err().to_string();
             assert!(e.contains(key), "{key}: {e}");
