@@ -42,6 +42,11 @@ pub struct ServeConfig {
     /// the next job, before each goes to sleep, yielding its core meanwhile (0: both sleep at
     /// once). Waking sleeping threads cost a lone caller ~0.1–0.15 ms a `Rank` on a VM.
     pub compute_linger_us: u64,
+    /// Time slice, in microseconds, the interactive ranking threads ask the scheduler for (Linux
+    /// 6.12+; older kernels ignore it): a short slice lets a woken ranking thread preempt busy
+    /// threads sooner, which bounds a small call's wait for a core under heavy load (0: the
+    /// kernel's default).
+    pub compute_slice_us: u64,
     /// Ranking calls admitted at once, running or queued for the pool; beyond it a call is shed
     /// with RESOURCE_EXHAUSTED at once instead of waiting in an unbounded queue.
     pub max_in_flight: usize,
@@ -162,6 +167,7 @@ impl Default for ServeConfig {
             compute_threads: 0,
             bulk_threads: 0,
             compute_linger_us: 500,
+            compute_slice_us: 100,
             max_in_flight: 256,
             request_timeout_secs: 30.0,
             shutdown_grace_secs: 10.0,
@@ -237,6 +243,7 @@ const KEYS: &[&str] = &[
     "compute_threads",
     "bulk_threads",
     "compute_linger_us",
+    "compute_slice_us",
     "max_in_flight",
     "request_timeout_secs",
     "shutdown_grace_secs",
@@ -292,6 +299,9 @@ impl ServeConfig {
         }
         if self.compute_linger_us > 100_000 {
             return bad("compute_linger_us", "must be at most 100000 (0.1 s; 0: no polling, threads sleep as soon as they wait)");
+        }
+        if self.compute_slice_us != 0 && !(100..=100_000).contains(&self.compute_slice_us) {
+            return bad("compute_slice_us", "must be 0 (the kernel's default) or within [100, 100000] (the kernel's bounds)");
         }
         if !(1..=1_000_000).contains(&self.max_in_flight) {
             return bad("max_in_flight", "must be within [1, 1000000]");
@@ -458,6 +468,7 @@ mod tests {
             ("request_timeout_secs", serde_json::json!(-1.0)),
             ("name", serde_json::json!("../escape")),
             ("compute_linger_us", serde_json::json!(200_000)),
+            ("compute_slice_us", serde_json::json!(50)),
         ] {
             let e = ServeConfig::load(None, serde_json::json!({ key: value })).unwrap_err().to_string();
             assert!(e.contains(key), "{key}: {e}");

@@ -176,7 +176,7 @@ pub async fn serve_on(bound: Bound, shutdown: impl Future<Output = ()> + Send + 
         cfg.threads(),
         cfg.bulk_threads(),
         cfg.max_in_flight,
-        Duration::from_micros(cfg.compute_linger_us),
+        (Duration::from_micros(cfg.compute_linger_us), Duration::from_micros(cfg.compute_slice_us)),
         metrics.clone(),
     )
     .map_err(ServeError::Pool)?;
