@@ -115,25 +115,35 @@ fn shorten_slice(slice: Duration) {
         return;
     }
     #[cfg(target_os = "linux")]
-    {
-        let attr = libc::sched_attr {
-            size: std::mem::size_of::<libc::sched_attr>() as u32,
-            sched_policy: libc::SCHED_OTHER as u32,
-            sched_flags: 0,
-            sched_nice: 0,
-            sched_priority: 0,
-            sched_runtime: slice.as_nanos().min(u128::from(u64::MAX)) as u64,
-            sched_deadline: 0,
-            sched_period: 0,
-        };
-        // SAFETY: `attr` is a valid sched_attr on the stack whose `size` field is its size;
-        // pid 0 is the calling thread, flags 0.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const libc::sched_attr, 0) };
-        if rc != 0 {
-            tracing::warn!(error = %std::io::Error::last_os_error(), "could not shorten a ranking thread's time slice");
-        }
+    if let Err(error) = set_slice(slice.as_nanos().min(u128::from(u64::MAX)) as u64) {
+        tracing::warn!(%error, "could not shorten a ranking thread's time slice");
     }
+}
+
+/// A `sched_attr` of the normal policy at niceness 0 with a time slice of `ns` nanoseconds.
+#[cfg(target_os = "linux")]
+fn slice_attr(ns: u64) -> libc::sched_attr {
+    libc::sched_attr {
+        size: std::mem::size_of::<libc::sched_attr>() as u32,
+        sched_policy: libc::SCHED_OTHER as u32,
+        sched_flags: 0,
+        sched_nice: 0,
+        sched_priority: 0,
+        sched_runtime: ns,
+        sched_deadline: 0,
+        sched_period: 0,
+    }
+}
+
+/// Sets the calling thread's time slice to `ns` nanoseconds ([`shorten_slice`]).
+#[cfg(target_os = "linux")]
+fn set_slice(ns: u64) -> std::io::Result<()> {
+    let attr = slice_attr(ns);
+    // SAFETY: `attr` is a valid sched_attr on the stack whose `size` field is its size; pid 0 is
+    // the calling thread, flags 0.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const libc::sched_attr, 0) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// Sets the calling thread's niceness to `nice` and puts it in the idle scheduling class (0:
@@ -242,7 +252,7 @@ impl Compute {
             }
         }
         let queued = QueuedUnits::new(pool, units);
-        let (tx, rx) = oneshot::channel::<Result<T, Status>>();
+        let (tx, mut rx) = oneshot::channel::<Result<T, Status>>();
         let metrics = self.metrics.clone();
         let ns_per_unit = self.ns_per_unit.clone();
         let admitted = Instant::now();
@@ -285,7 +295,6 @@ impl Compute {
                 linger(window);
             }
         });
-        let mut rx = rx;
         if quiet(&self.metrics, pool.queued.load(Ordering::Relaxed).saturating_sub(units))
             && let Some(out) = poll_answer(&mut rx, window).await
         {
@@ -406,7 +415,7 @@ mod tests {
     /// The calling thread's time slice as the kernel reports it (ns).
     #[cfg(target_os = "linux")]
     fn slice_ns() -> u64 {
-        let mut attr = zeroed_attr();
+        let mut attr = slice_attr(0);
         // SAFETY: `attr` is a writable sched_attr and its size is passed; pid 0 is the calling
         // thread.
         #[allow(unsafe_code)]
@@ -415,20 +424,6 @@ mod tests {
         };
         assert_eq!(rc, 0, "sched_getattr: {}", std::io::Error::last_os_error());
         attr.sched_runtime
-    }
-
-    #[cfg(target_os = "linux")]
-    fn zeroed_attr() -> libc::sched_attr {
-        libc::sched_attr {
-            size: 0,
-            sched_policy: 0,
-            sched_flags: 0,
-            sched_nice: 0,
-            sched_priority: 0,
-            sched_runtime: 0,
-            sched_deadline: 0,
-            sched_period: 0,
-        }
     }
 
     /// Whether the running kernel has custom time slices for normal threads (Linux 6.12).
@@ -443,17 +438,7 @@ mod tests {
     #[tokio::test]
     async fn interactive_threads_ask_for_a_short_time_slice() {
         // a probe on a thread of its own: a kernel or sandbox that refuses the call has nothing to check
-        let allowed = std::thread::spawn(|| {
-            let mut attr = zeroed_attr();
-            attr.size = std::mem::size_of::<libc::sched_attr>() as u32;
-            attr.sched_runtime = 200_000;
-            // SAFETY: as in `shorten_slice`.
-            #[allow(unsafe_code)]
-            let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const libc::sched_attr, 0) };
-            rc == 0 && slice_ns() == 200_000
-        })
-        .join()
-        .unwrap();
+        let allowed = std::thread::spawn(|| set_slice(200_000).is_ok() && slice_ns() == 200_000).join().unwrap();
         if !custom_slices() || !allowed {
             eprintln!("this kernel has no custom time slices, or they are refused here: nothing to check");
             return;
